@@ -1,0 +1,3 @@
+from pagerl.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""Cross-field rules of a recipe: the combinations a type alone cannot forbid.
+
+Every rule is one function registered in ``RULES``; each returns the dotted
+key at fault and a message, or ``None``. Rules run after the layers are merged,
+and the error names the file and line (or override) that set the key.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Tuple
+
+from pagerl.config.schema import RecipeConfig
+from pagerl.errors import RecipeError
+
+Finding = Optional[Tuple[str, str]]
+RULES: List[Callable[[RecipeConfig], Finding]] = []
+
+STAGES = ("synth", "sft", "eval")
+
+
+def rule(fn: Callable[[RecipeConfig], Finding]) -> Callable[[RecipeConfig], Finding]:
+    RULES.append(fn)
+    return fn
+
+
+def _one_of(key: str, value: object, allowed: Tuple[str, ...]) -> Finding:
+    if value not in allowed:
+        return key, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}"
+    return None
+
+
+@rule
+def _stages(r: RecipeConfig) -> Finding:
+    for stage in r.run.stages:
+        if stage not in STAGES:
+            return "run.stages", f"unknown stage {stage!r}; stages are {', '.join(STAGES)}"
+    order = [STAGES.index(s) for s in r.run.stages]
+    if order != sorted(order) or len(set(order)) != len(order):
+        return "run.stages", f"stages must be distinct and in the order {', '.join(STAGES)}, got {r.run.stages}"
+    return None
+
+
+@rule
+def _page_fits_candidates(r: RecipeConfig) -> Finding:
+    if not 1 <= r.sim.page_size <= r.sim.candidates_per_request:
+        return "sim.page_size", (
+            f"must be between 1 and sim.candidates_per_request ({r.sim.candidates_per_request}), "
+            f"got {r.sim.page_size}"
+        )
+    return None
+
+
+@rule
+def _candidates_fit_vocabulary(r: RecipeConfig) -> Finding:
+    if r.sim.candidates_per_request > r.model.max_candidates:
+        return "sim.candidates_per_request", (
+            f"{r.sim.candidates_per_request} candidates need as many index tokens, but "
+            f"model.max_candidates is {r.model.max_candidates}"
+        )
+    if r.sim.candidates_per_request > r.sim.num_items:
+        return "sim.candidates_per_request", f"cannot exceed sim.num_items ({r.sim.num_items})"
+    return None
+
+
+@rule
+def _training_data_exists(r: RecipeConfig) -> Finding:
+    if "sft" in r.run.stages and "synth" not in r.run.stages and not r.data.train_files:
+        return "data.train_files", "the sft stage needs training data: list files here or add 'synth' to run.stages"
+    if "eval" in r.run.stages and "synth" not in r.run.stages and not r.data.eval_files:
+        return "data.eval_files", "the eval stage needs held-out requests: list files here or add 'synth' to run.stages"
+    return None
+
+
+@rule
+def _bad_rows(r: RecipeConfig) -> Finding:
+    if not 0.0 <= r.data.max_bad_fraction <= 1.0:
+        return "data.max_bad_fraction", f"expected a fraction in [0, 1], got {r.data.max_bad_fraction}"
+    return _one_of("data.on_bad_row", r.data.on_bad_row, ("skip", "error"))
+
+
+@rule
+def _model_choices(r: RecipeConfig) -> Finding:
+    return (
+        _one_of("model.tiny.family", r.model.tiny.family, ("llama", "qwen2"))
+        or _one_of("model.attn_implementation", r.model.attn_implementation, ("sdpa", "eager", "flash_attention_2"))
+        or _one_of("model.dtype", r.model.dtype, ("float32", "bfloat16", "float16"))
+    )
+
+
+@rule
+def _tiny_shape(r: RecipeConfig) -> Finding:
+    t = r.model.tiny
+    if t.hidden_size % t.num_heads:
+        return "model.tiny.num_heads", f"must divide model.tiny.hidden_size ({t.hidden_size}), got {t.num_heads}"
+    if t.num_heads % t.num_kv_heads:
+        return "model.tiny.num_kv_heads", f"must divide model.tiny.num_heads ({t.num_heads}), got {t.num_kv_heads}"
+    return None
+
+
+@rule
+def _gpu_only_features(r: RecipeConfig) -> Finding:
+    if r.model.attn_implementation == "flash_attention_2" and not r.distributed.use_gpu:
+        return "model.attn_implementation", "flash_attention_2 runs only on GPU: set distributed.use_gpu=true or use sdpa"
+    if r.distributed.backend == "nccl" and not r.distributed.use_gpu:
+        return "distributed.backend", "nccl needs GPUs: use gloo (or auto) with distributed.use_gpu=false"
+    if r.model.dtype == "float16" and not r.distributed.use_gpu:
+        return "model.dtype", "float16 training needs a GPU; use float32 or bfloat16 on CPU"
+    return None
+
+
+@rule
+def _distributed(r: RecipeConfig) -> Finding:
+    d = r.distributed
+    if d.zero_stage not in (1, 2, 3):
+        return "distributed.zero_stage", f"expected 1, 2 or 3, got {d.zero_stage}"
+    if d.max_failures < 0:
+        return "distributed.max_failures", f"expected 0 or more, got {d.max_failures}"
+    if d.num_workers < 1:
+        return "distributed.num_workers", f"expected at least 1, got {d.num_workers}"
+    if d.timeout_s < 10:
+        return "distributed.timeout_s", f"expected at least 10 seconds, got {d.timeout_s}"
+    return _one_of("distributed.backend", d.backend, ("auto", "gloo", "nccl"))
+
+
+@rule
+def _sft(r: RecipeConfig) -> Finding:
+    s = r.sft
+    if s.micro_batch_size < 1 or s.grad_accum_steps < 1:
+        return "sft.micro_batch_size", "micro_batch_size and grad_accum_steps must be at least 1"
+    if s.lr <= 0:
+        return "sft.lr", f"expected a positive learning rate, got {s.lr}"
+    if s.epochs < 1 and s.max_steps < 1:
+        return "sft.epochs", "set sft.epochs or sft.max_steps to at least 1"
+    if s.checkpoint_every < 1:
+        return "sft.checkpoint_every", f"expected at least 1, got {s.checkpoint_every}"
+    return _one_of("sft.engagement_weighting", s.engagement_weighting, ("none", "clicks", "gmv"))
+
+
+@rule
+def _eval(r: RecipeConfig) -> Finding:
+    e = r.eval
+    if e.ndcg_k < 0 or e.ndcg_k > r.sim.page_size:
+        return "eval.ndcg_k", f"expected 0 (page size) up to sim.page_size ({r.sim.page_size}), got {e.ndcg_k}"
+    if e.decoding == "sample" and e.temperature <= 0:
+        return "eval.temperature", f"sampling needs a positive temperature, got {e.temperature}"
+    return _one_of("eval.decoding", e.decoding, ("greedy", "sample"))
+
+
+def check_consistency(recipe: RecipeConfig, where: Callable[[str], str]) -> None:
+    """Run every rule; raise :class:`RecipeError` naming where the faulty key was set."""
+    for check in RULES:
+        finding = check(recipe)
+        if finding is not None:
+            key, message = finding
+            raise RecipeError(f"{where(key)}: '{key}': {message}")

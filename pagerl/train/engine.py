@@ -1,0 +1,185 @@
+"""A DeepSpeed-wrapped policy on one rank: build, step, checkpoint, resume.
+
+Shared by every training stage that updates a causal LM with ZeRO (SFT now;
+reward models and RL reuse it), so the parts that are easy to get subtly
+wrong live once: ZeRO-3 collectives entered by every rank in the same order,
+checkpoints written without pickle and resumed exactly, and the learning-rate
+schedule as a pure function of the step (no scheduler state to lose).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import deepspeed
+import torch
+import torch.distributed as torch_dist
+from safetensors.torch import load_file, save_file
+from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+from pagerl.config.schema import DistributedConfig
+from pagerl.distributed import checkpoint as ckpt
+from pagerl.distributed.deepspeed_config import deepspeed_config
+
+
+def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio * base_lr`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    examples_seen: int = 0
+
+
+class ZeroPolicy:
+    """A module under a DeepSpeed engine, with the checkpoint format of :mod:`pagerl.distributed.checkpoint`.
+
+    ``module`` is what DeepSpeed wraps (the forward that computes the loss
+    inputs, e.g. :class:`pagerl.models.logprobs.CausalLMLogprobs`);
+    ``hf_model`` is the Hugging Face model inside it, whose parameters are the
+    ones checkpointed and exported.
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        hf_model: Any,
+        dist_cfg: DistributedConfig,
+        *,
+        dtype: str,
+        lr: float,
+        weight_decay: float,
+        micro_batch_size: int,
+        grad_accum_steps: int,
+        grad_clip: float,
+        resume_dir: Optional[Path] = None,
+    ) -> None:
+        self.rank = torch_dist.get_rank()
+        self.world_size = torch_dist.get_world_size()
+        self.dist_cfg = dist_cfg
+        self.hf_model = hf_model
+        self.dtype = dtype
+        self.state = TrainState()
+        resume_state = None
+        if resume_dir is not None:
+            resume_state = ckpt.read_trainer_state(resume_dir)
+            self._check_compatible(resume_dir, resume_state)
+            # fp32 master weights go into the module before DeepSpeed copies them
+            # into its (partitioned) master copy: every rank loads the full set.
+            master = resume_dir / (ckpt.MASTER_WEIGHTS if dtype != "float32" else "model.safetensors")
+            self._load_full_weights(load_file(str(master)))
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+        config = deepspeed_config(
+            dist_cfg, dtype=dtype, micro_batch_size=micro_batch_size,
+            grad_accum_steps=grad_accum_steps, grad_clip=grad_clip,
+        )
+        self.engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+        if resume_dir is not None and resume_state is not None:
+            if dtype != "float32":
+                master = load_file(str(resume_dir / ckpt.MASTER_WEIGHTS))
+                for name, p in self._named_params():
+                    safe_set_full_fp32_param(p, master[name].to(torch.float32))
+            ckpt.load_optimizer_state(self.inner_optimizer, resume_dir, self.rank, resume_state["optimizer_layout"])
+            self.state = TrainState(step=int(resume_state["step"]), examples_seen=int(resume_state["examples_seen"]))
+
+    # -- training ---------------------------------------------------------------------------
+    @property
+    def inner_optimizer(self) -> torch.optim.Optimizer:
+        """The client AdamW that ZeRO drives over this rank's partition."""
+        return self.engine.optimizer.optimizer
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.engine(*args, **kwargs)
+
+    def backward_and_step(self, loss: torch.Tensor) -> None:
+        """One micro-batch: DeepSpeed scales by accumulation and steps at the boundary."""
+        self.engine.backward(loss)
+        self.engine.step()
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _named_params(self):
+        return list(self.hf_model.named_parameters())
+
+    def _check_compatible(self, directory: Path, state: Dict[str, Any]) -> None:
+        saved = (int(state["world_size"]), int(state["zero_stage"]), str(state["dtype"]))
+        now = (self.world_size, self.dist_cfg.zero_stage, self.dtype)
+        if saved != now:
+            raise ValueError(
+                f"{directory}: checkpoint was written with world_size={saved[0]}, zero_stage={saved[1]}, "
+                f"dtype={saved[2]} but this run has {now[0]}, {now[1]}, {now[2]}; resume with the same "
+                "distributed.num_workers, distributed.zero_stage and model.dtype"
+            )
+
+    def _load_full_weights(self, tensors: Dict[str, torch.Tensor]) -> None:
+        named = dict(self.hf_model.named_parameters())
+        missing = [n for n in named if n not in tensors]
+        if missing:
+            raise ValueError(f"checkpoint lacks weights for {missing[:3]}{'...' if len(missing) > 3 else ''}")
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(tensors[name].to(p.dtype))
+
+    def full_fp32_weights(self) -> Dict[str, torch.Tensor]:
+        """Gather the full fp32 master weights. Collective: every rank must call it."""
+        out: Dict[str, torch.Tensor] = {}
+        for name, p in self._named_params():
+            full = safe_get_full_fp32_param(p)
+            out[name] = (full if full is not None else p.detach()).detach().cpu().to(torch.float32).clone()
+        return out
+
+    def save(self, directory: Path, tokenizer: Any, extra_state: Dict[str, Any]) -> None:
+        """Write a checkpoint (see :mod:`pagerl.distributed.checkpoint`). Collective.
+
+        Every rank gathers the weights (ZeRO-3 gathering is collective) and
+        writes its optimizer partition; rank 0 writes the model, tokenizer and,
+        last, the trainer state that marks the checkpoint complete.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = self.full_fp32_weights()
+        layout = ckpt.save_optimizer_state(self.inner_optimizer, directory, self.rank)
+        torch_dist.barrier()
+        if self.rank == 0:
+            export_dtype = getattr(torch, self.dtype)
+            model_sd = {k: v.to(export_dtype) for k, v in weights.items()}
+            self.hf_model.save_pretrained(directory, state_dict=model_sd, safe_serialization=True)
+            if self.dtype != "float32":
+                save_file(weights, str(directory / ckpt.MASTER_WEIGHTS))
+            tokenizer.save_pretrained(directory)
+            ckpt.write_trainer_state(directory, {
+                "step": self.state.step,
+                "examples_seen": self.state.examples_seen,
+                "world_size": self.world_size,
+                "zero_stage": self.dist_cfg.zero_stage,
+                "dtype": self.dtype,
+                "optimizer_layout": layout,
+                **extra_state,
+            })
+        torch_dist.barrier()
+
+
+def scratch_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,149 @@
+"""The SFT stage (driver side): behaviour cloning of logged pages on Ray Train + DeepSpeed.
+
+The driver tokenizes the logged impressions once, writes the initial policy
+(model + tokenizer) into the run directory, and launches a TorchTrainer whose
+workers run :func:`pagerl.train.sft_loop.sft_worker`. Checkpoints go through
+Ray Train into ``<run_dir>/sft/checkpoint_*``; a stage started again on the
+same run directory resumes from the latest complete one (or returns at once
+when that one is final). The trained policy is exported as a plain Hugging
+Face directory, ``<run_dir>/sft/final``.
+
+The run directory must be on storage every node sees (a shared mount) when
+the cluster has more than one node: workers read the initial policy from it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pagerl.config.schema import RecipeConfig
+from pagerl.data.types import Impression
+from pagerl.distributed import checkpoint as ckpt
+from pagerl.models.build import build_policy
+from pagerl.tokenization.serialize import encode_example
+from pagerl.tokenization.tokenizer import build_tokenizer, load_policy_tokenizer
+from pagerl.train.batching import Schedule
+from pagerl.train.sft_loop import sft_worker
+
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+def engagement_weights(impressions: Sequence[Impression], mode: str, min_weight: float) -> List[float]:
+    """Per-page weights for weighted behaviour cloning, normalised to mean 1.
+
+    ``clicks`` weighs a page by its click count, ``gmv`` by log(1 + GMV); a page
+    without engagement keeps ``min_weight`` so the policy still learns the
+    logging policy's support from it.
+    """
+    if mode == "none":
+        return [1.0] * len(impressions)
+    raw = []
+    for imp in impressions:
+        clicks = float(sum(f.click for f in imp.feedback))
+        value = clicks if mode == "clicks" else math.log1p(float(imp.page_outcome.get("gmv", 0.0)))
+        raw.append(max(min_weight, value))
+    mean = sum(raw) / max(1, len(raw))
+    return [w / mean for w in raw]
+
+
+def encode_examples(tokenizer: Any, impressions: Sequence[Impression], weights: Sequence[float]) -> List[Dict[str, Any]]:
+    out = []
+    for imp, w in zip(impressions, weights):
+        ex = encode_example(tokenizer, imp.request, imp.page)
+        out.append({"input_ids": ex["input_ids"], "labels": ex["labels"], "weight": float(w)})
+    return out
+
+
+def prepare_initial_policy(recipe: RecipeConfig, impressions: Sequence[Impression], init_dir: Path) -> Any:
+    """Build (or reuse, when resuming) the initial policy and its tokenizer in ``init_dir``."""
+    if (init_dir / "config.json").is_file():
+        return load_policy_tokenizer(str(init_dir))
+    if recipe.model.source == "tiny":
+        tokenizer = build_tokenizer(recipe.model, impressions)
+    else:
+        tokenizer = load_policy_tokenizer(recipe.model)
+    model = build_policy(recipe.model, tokenizer, seed=recipe.run.seed)
+    tmp = init_dir.with_name(init_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(init_dir)
+    return tokenizer
+
+
+def run_sft_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Impression]) -> Dict[str, Any]:
+    """Train the SFT policy; returns ``{"model_dir", "step", "total_steps", "finished"}``."""
+    stage_dir = run_dir / "sft"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = prepare_initial_policy(recipe, impressions, stage_dir / "init")
+    s = recipe.sft
+    weights = engagement_weights(impressions, s.engagement_weighting, s.min_weight)
+    examples = encode_examples(tokenizer, impressions, weights)
+    schedule = Schedule(len(examples), s.micro_batch_size, s.grad_accum_steps,
+                        recipe.distributed.num_workers, s.epochs, s.max_steps)
+    schedule.check()
+
+    latest = ckpt.latest_checkpoint(stage_dir) if recipe.run.resume else None
+    if latest is None or int(ckpt.read_trainer_state(latest)["step"]) < schedule.total_steps:
+        print(f"[sft] {len(examples)} examples, {schedule.total_steps} steps of {schedule.global_batch} "
+              f"on {recipe.distributed.num_workers} workers, ZeRO-{recipe.distributed.zero_stage}"
+              + (f", resuming from {latest}" if latest else ""), flush=True)
+        trainer = TorchTrainer(
+            sft_worker,
+            train_loop_config={
+                "recipe": recipe,
+                "run_dir": str(run_dir),
+                "init_dir": str(stage_dir / "init"),
+                "examples_ref": ray.put(examples),
+                "resume_from": str(latest) if latest else "",
+            },
+            scaling_config=ScalingConfig(
+                num_workers=recipe.distributed.num_workers,
+                use_gpu=recipe.distributed.use_gpu,
+                resources_per_worker={"CPU": recipe.distributed.cpus_per_worker},
+            ),
+            torch_config=TorchConfig(backend=_backend(recipe), timeout_s=recipe.distributed.timeout_s),
+            run_config=RunConfig(
+                name="sft",
+                storage_path=str(run_dir.resolve()),
+                failure_config=FailureConfig(max_failures=recipe.distributed.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
+            ),
+        )
+        trainer.fit()
+        latest = ckpt.latest_checkpoint(stage_dir)
+    if latest is None:
+        raise RuntimeError(f"{stage_dir}: the SFT stage ended without a complete checkpoint")
+    state = ckpt.read_trainer_state(latest)
+    finished = int(state["step"]) >= schedule.total_steps
+    final_dir = stage_dir / "final"
+    if finished:
+        export_hf(latest, final_dir)
+    return {"model_dir": str(final_dir if finished else latest), "checkpoint": str(latest),
+            "step": int(state["step"]), "total_steps": schedule.total_steps, "finished": finished}
+
+
+def export_hf(checkpoint_dir: Path, target: Path) -> None:
+    """Copy the Hugging Face part of a checkpoint (config, safetensors, tokenizer) to ``target``."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in HF_FILES:
+        if (checkpoint_dir / name).is_file():
+            shutil.copy2(checkpoint_dir / name, tmp / name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+
+
+def _backend(recipe: RecipeConfig) -> str:
+    if recipe.distributed.backend != "auto":
+        return recipe.distributed.backend
+    return "nccl" if recipe.distributed.use_gpu else "gloo"

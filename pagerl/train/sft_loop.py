@@ -1,0 +1,143 @@
+"""The SFT training loop that runs on every Ray Train worker.
+
+It reads top to bottom as the stage does: load the initial (or resumed)
+policy, wrap it for DeepSpeed, then for each optimizer step take this rank's
+micro-batches, compute the engagement-weighted negative log-likelihood of the
+logged page tokens through the fused logprob kernel, and step; rank 0 logs,
+and every rank joins the (collective) checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+import ray
+import ray.train
+import torch
+
+from pagerl.config.schema import RecipeConfig
+from pagerl.distributed import checkpoint as ckpt
+from pagerl.models.build import load_policy
+from pagerl.models.logprobs import CausalLMLogprobs
+from pagerl.tracking.metrics import MetricsLogger
+from pagerl.tracking.progress import Progress
+from pagerl.train.batching import Schedule, collate, micro_batches
+from pagerl.train.engine import ZeroPolicy, lr_at, remove_dir, scratch_dir
+
+
+def weighted_nll(logprobs: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Engagement-weighted token-mean NLL of the response tokens.
+
+    ``logprobs`` are aligned with ``labels[:, 1:]`` (the token at t+1 scored
+    from position t); ignored positions carry logprob 0 and count no token.
+    """
+    mask = (labels[:, 1:] != -100).to(logprobs.dtype)
+    per_example = -(logprobs * mask).sum(dim=1)
+    tokens = mask.sum(dim=1)
+    return (weight * per_example).sum() / (weight * tokens).sum().clamp_min(1.0)
+
+
+def sft_worker(config: Dict[str, Any]) -> None:
+    recipe: RecipeConfig = config["recipe"]
+    run_dir = Path(config["run_dir"])
+    examples = ray.get(config["examples_ref"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(recipe.run.seed)
+    torch.set_num_threads(max(1, int(recipe.distributed.cpus_per_worker)))
+
+    resume_dir = None
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        resume_dir = Path(resumed.path)
+    elif config.get("resume_from"):
+        resume_dir = Path(config["resume_from"])
+
+    s = recipe.sft
+    model, tokenizer = load_policy(config["init_dir"], recipe.model)
+    model.train()
+    policy = ZeroPolicy(
+        CausalLMLogprobs(model), model, recipe.distributed,
+        dtype=recipe.model.dtype, lr=s.lr, weight_decay=s.weight_decay,
+        micro_batch_size=s.micro_batch_size, grad_accum_steps=s.grad_accum_steps,
+        grad_clip=s.grad_clip, resume_dir=resume_dir,
+    )
+    schedule = Schedule(len(examples), s.micro_batch_size, s.grad_accum_steps, world, s.epochs, s.max_steps)
+    schedule.check()
+    start = policy.state.step
+    stop_at = schedule.total_steps
+    if s.stop_after_steps > 0:
+        stop_at = min(stop_at, start + s.stop_after_steps)
+
+    metrics = MetricsLogger(run_dir, jsonl=recipe.tracking.jsonl, tensorboard=recipe.tracking.tensorboard) if rank == 0 else None
+    progress = Progress("sft", total=schedule.total_steps, start=start) if rank == 0 else None
+    if rank == 0 and start > 0:
+        print(f"[sft] resumed from {resume_dir} at step {start}/{schedule.total_steps}", flush=True)
+
+    pad_id = tokenizer.pad_token_id
+    window: Dict[str, float] = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter()}
+    for step in range(start, stop_at):
+        lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=schedule.total_steps)
+        policy.set_lr(lr)
+        step_loss = 0.0
+        for indices in micro_batches(schedule, recipe.run.seed, rank, step):
+            batch = collate([examples[i] for i in indices], pad_id)
+            logprobs = policy.forward(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss = weighted_nll(logprobs, batch["labels"], batch["weight"])
+            policy.backward_and_step(loss)
+            step_loss += loss.item() / s.grad_accum_steps
+            window["tokens"] += int((batch["labels"] != -100).sum())
+        policy.state.step = step + 1
+        policy.state.examples_seen += schedule.global_batch
+        window["loss"] += step_loss
+        window["n"] += 1
+
+        done = policy.state.step
+        if done % s.log_every == 0 or done == stop_at:
+            mean_loss = _all_mean(window["loss"] / max(1, window["n"]))
+            tokens = _all_sum(window["tokens"])
+            elapsed = time.perf_counter() - window["t0"]
+            if rank == 0:
+                row = {"loss": mean_loss, "lr": lr, "grad_norm": policy.grad_norm(),
+                       "tokens_per_s": tokens / max(elapsed, 1e-9), "step_s": elapsed / max(1, window["n"]),
+                       "epoch": done / schedule.steps_per_epoch}
+                metrics.log("sft", done, row)
+                progress.update(done, loss=mean_loss)
+            window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter()}
+        if done % s.checkpoint_every == 0 or done == stop_at:
+            _checkpoint(policy, tokenizer, schedule, done, stop_at)
+
+    if start >= stop_at:  # nothing left to train: report the checkpoint we resumed from
+        ray.train.report({"step": start, "finished": int(start >= schedule.total_steps)})
+    if metrics is not None:
+        metrics.close()
+
+
+def _checkpoint(policy: ZeroPolicy, tokenizer: Any, schedule: Schedule, step: int, stop_at: int) -> None:
+    directory = scratch_dir(f"pagerl-ckpt-{step}-")
+    try:
+        policy.save(directory, tokenizer, {"total_steps": schedule.total_steps,
+                                          "steps_per_epoch": schedule.steps_per_epoch})
+        ray.train.report(
+            {"step": step, "finished": int(step >= schedule.total_steps)},
+            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+        )
+    finally:
+        remove_dir(directory)
+
+
+def _all_mean(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item() / torch.distributed.get_world_size())
+
+
+def _all_sum(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
+
+
+__all__ = ["sft_worker", "weighted_nll", "ckpt"]

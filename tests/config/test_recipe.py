@@ -1,0 +1,178 @@
+"""Recipe loading: each error class names the file (and line) or override and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pagerl.config.load import load_recipe, recipe_to_yaml
+from pagerl.errors import RecipeError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return write(tmp_path, "base.yaml", """\
+        run:
+          output_dir: runs
+        sim:
+          page_size: 4
+        """)
+
+
+def test_base_chain_and_overrides(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", """\
+        base: base.yaml
+        run:
+          name: exp
+        sft:
+          lr: 0.01
+        """)
+    cfg, where = load_recipe(recipe, ["sft.epochs=7", "eval.baselines=[random,oracle]"])
+    assert cfg.run.name == "exp" and cfg.sim.page_size == 4
+    assert cfg.sft.lr == 0.01 and cfg.sft.epochs == 7
+    assert cfg.eval.baselines == ["random", "oracle"]
+    assert where["sim.page_size"] == f"{base}:4"
+    assert where["sft.lr"] == f"{recipe}:5"
+    assert where["sft.epochs"] == "override 'sft.epochs=7'"
+    assert cfg.base is None  # the resolved recipe stands alone
+    assert "page_size: 4" in recipe_to_yaml(cfg)
+
+
+def test_unknown_key_names_file_line_and_suggests(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", """\
+        base: base.yaml
+        run:
+          name: exp
+        sft:
+          learning_rat: 0.1
+        """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    msg = str(err.value)
+    assert f"{recipe}:5" in msg and "'sft.learning_rat'" in msg
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    recipe = write(tmp_path, "exp.yaml", "run:\n  name: x\nsft:\n  epoch: 2\n")
+    with pytest.raises(RecipeError, match=r"exp.yaml:4: unknown key 'sft.epoch'; did you mean 'sft.epochs'\?"):
+        load_recipe(recipe)
+
+
+def test_unknown_section_in_base_names_base(tmp_path):
+    write(tmp_path, "base.yaml", "simulator:\n  page_size: 4\n")
+    recipe = write(tmp_path, "exp.yaml", "base: base.yaml\nrun:\n  name: x\n")
+    with pytest.raises(RecipeError, match=r"base.yaml:1: unknown key 'simulator'"):
+        load_recipe(recipe)
+
+
+def test_wrong_type(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", "base: base.yaml\nrun:\n  name: x\nsim:\n  page_size: five\n")
+    with pytest.raises(RecipeError, match=r"exp.yaml:5: 'sim.page_size' expects int, got 'five'"):
+        load_recipe(recipe)
+
+
+def test_wrong_type_in_override(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", "base: base.yaml\nrun:\n  name: x\n")
+    with pytest.raises(RecipeError, match=r"override 'sft.lr=fast': 'sft.lr' expects float"):
+        load_recipe(recipe, ["sft.lr=fast"])
+
+
+def test_mapping_where_value_expected(tmp_path):
+    recipe = write(tmp_path, "exp.yaml", "run:\n  name: x\nsft:\n  lr:\n    value: 1\n")
+    with pytest.raises(RecipeError, match=r"exp.yaml:4: 'sft.lr' expects a single value"):
+        load_recipe(recipe)
+
+
+def test_missing_required(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", "base: base.yaml\n")
+    with pytest.raises(RecipeError, match=r"exp.yaml: required key 'run.name' is not set"):
+        load_recipe(recipe)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("sim.page_size=13", "sim.page_size"),
+        ("sim.candidates_per_request=40", "sim.candidates_per_request"),
+        ("model.attn_implementation=flash_attention_2", "model.attn_implementation"),
+        ("distributed.backend=nccl", "distributed.backend"),
+        ("distributed.zero_stage=4", "distributed.zero_stage"),
+        ("run.stages=[eval,sft]", "run.stages"),
+        ("model.tiny.num_heads=3", "model.tiny.num_heads"),
+        ("data.on_bad_row=ignore", "data.on_bad_row"),
+    ],
+)
+def test_inconsistent_combinations_name_the_key(tmp_path, base, override, key):
+    recipe = write(tmp_path, "exp.yaml", "base: base.yaml\nrun:\n  name: x\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, [override])
+    assert f"override '{override}'" in str(err.value) and f"'{key}'" in str(err.value)
+
+
+def test_inconsistency_set_in_file_names_file_and_line(tmp_path):
+    recipe = write(tmp_path, "exp.yaml", "run:\n  name: x\n  stages: [sft]\n")
+    with pytest.raises(RecipeError, match=r"'data.train_files': the sft stage needs training data"):
+        load_recipe(recipe)
+    recipe = write(tmp_path, "exp2.yaml", "run:\n  name: x\nsim:\n  page_size: 20\n")
+    with pytest.raises(RecipeError, match=r"exp2.yaml:4: 'sim.page_size'"):
+        load_recipe(recipe)
+
+
+def test_no_code_evaluation(tmp_path):
+    recipe = write(tmp_path, "exp.yaml", "run:\n  name: ${oc.env:HOME}\n")
+    with pytest.raises(RecipeError, match="resolver"):
+        load_recipe(recipe)
+    # a value that looks like code stays a string
+    recipe = write(tmp_path, "exp2.yaml", "run:\n  name: __import__('os').getcwd()\n")
+    cfg, _ = load_recipe(recipe)
+    assert cfg.run.name == "__import__('os').getcwd()"
+
+
+def test_interpolation_between_keys(tmp_path):
+    recipe = write(tmp_path, "exp.yaml", "run:\n  name: x\neval:\n  num_requests: ${sim.num_eval_requests}\n")
+    cfg, _ = load_recipe(recipe, ["sim.num_eval_requests=77"])
+    assert cfg.eval.num_requests == 77
+
+
+def test_base_cycle(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\n")
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    recipe = write(tmp_path, "exp.yaml", "run:\n  name: x\n  stages: [synth\n")
+    with pytest.raises(RecipeError, match=r"exp.yaml:\d+: not valid YAML"):
+        load_recipe(recipe)
+
+
+def test_shipped_recipes_load():
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        if path.name == "base.yaml":
+            continue
+        load_recipe(path)
+
+
+def test_cli_config_show_and_error():
+    ok = subprocess.run([sys.executable, "-m", "pagerl", "config", "show", str(REPO / "recipes/quickstart.yaml"),
+                         "sft.lr=0.5"], capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    assert "lr: 0.5" in ok.stdout and "name: quickstart" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "pagerl", "config", "show", str(REPO / "recipes/quickstart.yaml"),
+                          "sft.lrr=0.5"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2
+    assert "error: override 'sft.lrr=0.5': unknown key 'sft.lrr'; did you mean 'sft.lr'?" in bad.stderr
+    assert "Traceback" not in bad.stderr
