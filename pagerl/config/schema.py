@@ -70,7 +70,7 @@ class SimConfig:
     # --- Added by the data/simulator helper (pagerl.sim) ---
     # Offset of the relevance logit: sigmoid(relevance_scale * s + relevance_bias)
     # is the click probability of an examined item; lower means fewer clicks.
-    relevance_bias: float = -1.5
+    relevance_bias: float = -5.0
     # Weights of the parts of the user-item score s (normalised to unit
     # variance): category affinity (visible through the history categories),
     # latent match (hidden; hinted by the user features) and item quality

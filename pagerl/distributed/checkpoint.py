@@ -70,18 +70,18 @@ def unflatten_state(skeleton: Any, tensors: Dict[str, torch.Tensor]) -> Any:
     return skeleton
 
 
-def save_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path, rank: int) -> Any:
-    """Write ``optimizer.state_dict()`` of this rank; returns its JSON skeleton."""
-    skeleton, tensors = flatten_state(optimizer.state_dict())
+def save_optimizer_state(state: Any, directory: Path, rank: int) -> Any:
+    """Write this rank's optimizer state (nested tensors and scalars); returns its JSON skeleton."""
+    skeleton, tensors = flatten_state(state)
     save_file(tensors, str(directory / optim_file(rank)))
     return skeleton
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, directory: Path, rank: int, skeleton: Any) -> None:
+def load_optimizer_state(directory: Path, rank: int, skeleton: Any) -> Any:
     path = directory / optim_file(rank)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: optimizer state of rank {rank} is missing from the checkpoint")
-    optimizer.load_state_dict(unflatten_state(skeleton, load_file(str(path))))
+    return unflatten_state(skeleton, load_file(str(path)))
 
 
 def write_trainer_state(directory: Path, state: Dict[str, Any]) -> None:

@@ -91,7 +91,8 @@ class ZeroPolicy:
                 master = load_file(str(resume_dir / ckpt.MASTER_WEIGHTS))
                 for name, p in self._named_params():
                     safe_set_full_fp32_param(p, master[name].to(torch.float32))
-            ckpt.load_optimizer_state(self.inner_optimizer, resume_dir, self.rank, resume_state["optimizer_layout"])
+            saved = ckpt.load_optimizer_state(resume_dir, self.rank, resume_state["optimizer_layout"])
+            self._set_partition_states(saved)
             self.state = TrainState(step=int(resume_state["step"]), examples_seen=int(resume_state["examples_seen"]))
 
     # -- training ---------------------------------------------------------------------------
@@ -99,6 +100,32 @@ class ZeroPolicy:
     def inner_optimizer(self) -> torch.optim.Optimizer:
         """The client AdamW that ZeRO drives over this rank's partition."""
         return self.engine.optimizer.optimizer
+
+    def _flat_partitions(self):
+        """This rank's fp32 master partitions, one per parameter group: the AdamW state keys.
+
+        ZeRO-1/2 and ZeRO-3 name them differently, and ZeRO-3 only puts them in
+        the optimizer's param groups during ``step``, so the optimizer's own
+        ``state_dict`` cannot be used.
+        """
+        zero = self.engine.optimizer
+        if hasattr(zero, "fp32_partitioned_groups_flat"):
+            return list(zero.fp32_partitioned_groups_flat)
+        return list(zero.single_partition_of_fp32_groups)
+
+    def _partition_states(self):
+        state = self.inner_optimizer.state
+        return [dict(state[flat]) if flat in state else {} for flat in self._flat_partitions()]
+
+    def _set_partition_states(self, saved) -> None:
+        flats = self._flat_partitions()
+        if len(saved) != len(flats):
+            raise ValueError(f"checkpoint has optimizer state for {len(saved)} parameter groups, the model {len(flats)}")
+        for flat, entry in zip(flats, saved):
+            if entry:
+                self.inner_optimizer.state[flat] = {
+                    k: (v.to(flat.device).clone() if isinstance(v, torch.Tensor) else v) for k, v in entry.items()
+                }
 
     def set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:
@@ -156,7 +183,7 @@ class ZeroPolicy:
         """
         directory.mkdir(parents=True, exist_ok=True)
         weights = self.full_fp32_weights()
-        layout = ckpt.save_optimizer_state(self.inner_optimizer, directory, self.rank)
+        layout = ckpt.save_optimizer_state(self._partition_states(), directory, self.rank)
         torch_dist.barrier()
         if self.rank == 0:
             export_dtype = getattr(torch, self.dtype)

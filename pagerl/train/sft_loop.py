@@ -20,6 +20,7 @@ import torch
 from pagerl.config.schema import RecipeConfig
 from pagerl.distributed import checkpoint as ckpt
 from pagerl.models.build import load_policy
+from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.models.logprobs import CausalLMLogprobs
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
@@ -56,7 +57,8 @@ def sft_worker(config: Dict[str, Any]) -> None:
         resume_dir = Path(config["resume_from"])
 
     s = recipe.sft
-    model, tokenizer = load_policy(config["init_dir"], recipe.model)
+    model = load_policy(config["init_dir"], recipe.model)
+    tokenizer = load_policy_tokenizer(config["init_dir"])
     model.train()
     policy = ZeroPolicy(
         CausalLMLogprobs(model), model, recipe.distributed,
