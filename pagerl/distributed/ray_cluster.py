@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Optional
-
-import ray
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +31,22 @@ def connect(address: str = "", num_cpus: Optional[int] = None) -> bool:
     cluster is used. Inside a ``ray job submit`` job, the job's cluster is used
     whatever ``address`` says, since the job already runs on it.
     """
+    _pin_local_cluster_to_loopback_if_needed(address)
+    import ray
+
     if ray.is_initialized():
         return False
     in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"))
     if address or in_job:
-        ray.init(address=address or None, log_to_driver=True)
+        ray.init(address=address or "auto", log_to_driver=True)
         return False
-    os.environ[_SINGLE_NODE_ENV] = "0"
     ray.init(
+        address="local",  # a new private cluster, never one a `ray start` left running
         num_cpus=num_cpus,
-        include_dashboard=False,
+        # The dashboard serves Ray's state API, which Ray Train's controller
+        # polls; bound to loopback like the rest of the local cluster.
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
         log_to_driver=True,
         configure_logging=True,
         logging_level=logging.WARNING,
@@ -52,6 +57,23 @@ def connect(address: str = "", num_cpus: Optional[int] = None) -> bool:
     return True
 
 
+def _pin_local_cluster_to_loopback_if_needed(address: str) -> None:
+    """Set Ray's single-node switch before a local cluster starts.
+
+    Ray reads the variable when it is imported, and the processes it spawns
+    (GCS, raylet, workers) read it from the environment they inherit; when
+    this process imported Ray already, its module constant is updated too.
+    """
+    if address or os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
+        return
+    os.environ[_SINGLE_NODE_ENV] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 def shutdown(started_here: bool) -> None:
+    import ray
+
     if started_here and ray.is_initialized():
         ray.shutdown()

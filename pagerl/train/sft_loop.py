@@ -9,6 +9,7 @@ and every rank joins the (collective) checkpoint.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict
@@ -16,6 +17,7 @@ from typing import Any, Dict
 import ray
 import ray.train
 import torch
+import transformers
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.distributed import checkpoint as ckpt
@@ -26,6 +28,26 @@ from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 from pagerl.train.batching import Schedule, collate, micro_batches
 from pagerl.train.engine import ZeroPolicy, lr_at, remove_dir, scratch_dir
+
+
+class _WorkerStderr:
+    """stderr for Ray Train workers, bypassing Train's patched ``print``.
+
+    Ray Train V2 routes ``print`` to stdout/stderr through its logger, which
+    shows every progress line twice on the driver; writing to this object (not
+    ``sys.stderr`` itself) keeps one line per update.
+    """
+
+    def write(self, text: str) -> int:
+        n = sys.stderr.write(text)
+        sys.stderr.flush()
+        return n
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+WORKER_STDERR = _WorkerStderr()
 
 
 def weighted_nll(logprobs: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -42,6 +64,7 @@ def weighted_nll(logprobs: torch.Tensor, labels: torch.Tensor, weight: torch.Ten
 
 def sft_worker(config: Dict[str, Any]) -> None:
     recipe: RecipeConfig = config["recipe"]
+    transformers.utils.logging.disable_progress_bar()  # per-shard bars drown the step progress
     run_dir = Path(config["run_dir"])
     examples = ray.get(config["examples_ref"])
     ctx = ray.train.get_context()
@@ -74,9 +97,9 @@ def sft_worker(config: Dict[str, Any]) -> None:
         stop_at = min(stop_at, start + s.stop_after_steps)
 
     metrics = MetricsLogger(run_dir, jsonl=recipe.tracking.jsonl, tensorboard=recipe.tracking.tensorboard) if rank == 0 else None
-    progress = Progress("sft", total=schedule.total_steps, start=start) if rank == 0 else None
+    progress = Progress("sft", total=schedule.total_steps, stream=WORKER_STDERR) if rank == 0 else None
     if rank == 0 and start > 0:
-        print(f"[sft] resumed from {resume_dir} at step {start}/{schedule.total_steps}", flush=True)
+        WORKER_STDERR.write(f"[sft] resumed from {resume_dir} at step {start}/{schedule.total_steps}\n")
 
     pad_id = tokenizer.pad_token_id
     window: Dict[str, float] = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter()}
@@ -106,7 +129,7 @@ def sft_worker(config: Dict[str, Any]) -> None:
                        "tokens_per_s": tokens / max(elapsed, 1e-9), "step_s": elapsed / max(1, window["n"]),
                        "epoch": done / schedule.steps_per_epoch}
                 metrics.log("sft", done, row)
-                progress.update(done, loss=mean_loss)
+                progress.update(done, {"loss": mean_loss})
             window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter()}
         if done % s.checkpoint_every == 0 or done == stop_at:
             _checkpoint(policy, tokenizer, schedule, done, stop_at)

@@ -1,0 +1,73 @@
+"""The main entry point under `ray job submit`, against a head started with `ray start --head` on loopback.
+
+Token authentication stays on (Ray's default): the head and the client share a
+token through RAY_AUTH_TOKEN, and the client sends it (RAY_AUTH_MODE=token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head(tmp_path):
+    env = dict(os.environ)
+    env.update({
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single node: bind to loopback
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    })
+    env.pop("RAY_ADDRESS", None)
+    gcs, dash = _free_port(), _free_port()
+    start = subprocess.run(
+        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+         "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield env, f"http://127.0.0.1:{dash}"
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_job_submit_runs_the_pipeline(head, tmp_path):
+    env, address = head
+    out = tmp_path / "runs"
+    # without the token the head refuses the job
+    no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}
+    no_token["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "no-such-token")
+    refused = subprocess.run(["ray", "job", "list", "--address", address], env=no_token,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower()
+
+    submit = subprocess.run(
+        ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
+         "--", "pagerl", "run", "recipes/ci_small.yaml", f"run.output_dir={out}", "sft.max_steps=2",
+         "sft.checkpoint_every=2", "eval.num_requests=10", "sim.num_train_requests=200"],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    log = submit.stdout + submit.stderr
+    assert submit.returncode == 0, log[-4000:]
+    assert "succeeded" in log.lower()
+    run_dir = out / "ci_small"
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert "sft" in results["methods"]
+    assert (run_dir / "sft" / "final" / "model.safetensors").is_file()
+    assert "report:" in log
