@@ -29,7 +29,7 @@ class RunConfig:
     # that Ray Train understands, such as s3://bucket/prefix).
     output_dir: str = "runs"
     seed: int = 0
-    # Stages run in order by ``pagerl run``: any of synth, sft, eval.
+    # Stages run in order by ``pagerl run``: any of synth, sft, rm, eval.
     stages: List[str] = field(default_factory=lambda: ["synth", "sft", "eval"])
     # Re-use an existing run directory and resume each stage from its last
     # checkpoint instead of refusing to overwrite it.

@@ -15,7 +15,7 @@ from pagerl.errors import RecipeError
 Finding = Optional[Tuple[str, str]]
 RULES: List[Callable[[RecipeConfig], Finding]] = []
 
-STAGES = ("synth", "sft", "eval")
+STAGES = ("synth", "sft", "rm", "eval")
 
 
 def rule(fn: Callable[[RecipeConfig], Finding]) -> Callable[[RecipeConfig], Finding]:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.data.types import Impression
 from pagerl.distributed import checkpoint as ckpt
+from pagerl.distributed.launch import fit_stage
 from pagerl.models.build import build_policy
 from pagerl.tokenization.serialize import encode_example
 from pagerl.tokenization.tokenizer import build_tokenizer, load_policy_tokenizer
@@ -96,30 +95,10 @@ def run_sft_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Imp
         print(f"[sft] {len(examples)} examples, {schedule.total_steps} steps of {schedule.global_batch} "
               f"on {recipe.distributed.num_workers} workers, ZeRO-{recipe.distributed.zero_stage}"
               + (f", resuming from {latest}" if latest else ""), flush=True)
-        trainer = TorchTrainer(
-            sft_worker,
-            train_loop_config={
-                "recipe": recipe,
-                "run_dir": str(run_dir),
-                "init_dir": str(stage_dir / "init"),
-                "examples_ref": ray.put(examples),
-                "resume_from": str(latest) if latest else "",
-            },
-            scaling_config=ScalingConfig(
-                num_workers=recipe.distributed.num_workers,
-                use_gpu=recipe.distributed.use_gpu,
-                resources_per_worker={"CPU": recipe.distributed.cpus_per_worker},
-            ),
-            torch_config=TorchConfig(backend=_backend(recipe), timeout_s=recipe.distributed.timeout_s),
-            run_config=RunConfig(
-                name="sft",
-                storage_path=str(run_dir.resolve()),
-                failure_config=FailureConfig(max_failures=recipe.distributed.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=None),
-            ),
-        )
-        trainer.fit()
-        latest = ckpt.latest_checkpoint(stage_dir)
+        latest = fit_stage(recipe, run_dir, "sft", sft_worker, {
+            "init_dir": str(stage_dir / "init"),
+            "examples_ref": ray.put(examples),
+        }, resume_from=latest)
     if latest is None:
         raise RuntimeError(f"{stage_dir}: the SFT stage ended without a complete checkpoint")
     state = ckpt.read_trainer_state(latest)
@@ -142,8 +121,3 @@ def export_hf(checkpoint_dir: Path, target: Path) -> None:
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
 
-
-def _backend(recipe: RecipeConfig) -> str:
-    if recipe.distributed.backend != "auto":
-        return recipe.distributed.backend
-    return "nccl" if recipe.distributed.use_gpu else "gloo"
