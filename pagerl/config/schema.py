@@ -201,6 +201,147 @@ class SFTConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Rewards of the RL stage: where they come from, how they are spread over
+    a page's tokens, and the Ray workers that compute them (pagerl.rewards).
+
+    Added by the rewards helper (sources, workers, token-level assembly).
+    """
+
+    # Where rewards come from, a name in pagerl.rewards.sources.REWARD_SOURCES:
+    # "learned" (the trained page and item reward models), "simulator" (the
+    # simulator's exact ground truth, for upper-bound experiments on simulated
+    # data) or "python" (rewards.function).
+    source: str = "learned"
+    # learned: directory of the trained reward models; empty means <run_dir>/rm/final.
+    model_dir: str = ""
+    # simulator: what the ground truth pays for, "clicks" (expected clicks of
+    # the page, each slot's expected clicks as item rewards) or "gmv".
+    sim_objective: str = "clicks"
+    # python: "package.module:function" (or "package.module.function"), called
+    # as function(request, page_item_ids) -> (page_reward, [K item rewards]).
+    function: str = ""
+    # Directories put in front of sys.path, in the driver and in every reward
+    # worker, before rewards.function is imported (for a module that is not
+    # installed); relative paths are taken from the working directory.
+    python_path: List[str] = field(default_factory=list)
+    # Token rewards: each item's reward goes on its index token times w_item,
+    # the page reward on EOS times w_page. Page-only: w_item=0; item-only: w_page=0.
+    w_page: float = 1.0
+    w_item: float = 1.0
+    # Normalisation of page and item rewards (separately): "none", "running"
+    # (running mean/std over the run) or "group" (mean/std among the pages
+    # sampled for the same request, as in GRPO).
+    normalize: str = "running"
+    # Normalised rewards are clipped to [-clip, clip]; 0 disables clipping.
+    clip: float = 5.0
+    # Reward on the last token of an invalid page (not K distinct candidates),
+    # which only unconstrained decoding can produce: -invalid_penalty.
+    invalid_penalty: float = 1.0
+    # Reward workers: Ray actors, each scoring batch_size pages per forward pass.
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    batch_size: int = 64
+    # Times Ray restarts a worker process that died (per worker).
+    max_restarts: int = 3
+    # Times one batch is sent again after the worker holding it died; each
+    # retry is logged and counted, and one more failure stops the run.
+    max_batch_retries: int = 3
+
+
+# --- Added by the reward-model helper (pagerl.rewards.pairs / rm_stage) ---
+@dataclass
+class PairFamilyConfig:
+    """One family of preference pairs: whether it is built, how much it counts."""
+
+    enabled: bool = True
+    # Multiplies the confidence of every pair of the family in the
+    # Bradley-Terry loss (0 keeps the pairs in the report but not the loss).
+    weight: float = 1.0
+    # At most this many pairs of the family per logged impression, drawn at
+    # random from all the family allows (keeps one busy page from dominating).
+    max_per_impression: int = 2
+
+
+@dataclass
+class PairsConfig:
+    """Preference pairs built from logged impressions and their feedback
+    (pagerl.rewards.pairs documents every rule)."""
+
+    relevance: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=2))
+    ranking: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=3))
+    diversity: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=2))
+    redundancy: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=2))
+    # What counts as engagement with a shown item: "click" or "purchase".
+    engagement: str = "click"
+    # A click with a shorter dwell (seconds) is treated as a misclick, not
+    # engagement (minimum evidence); 0 accepts every click.
+    min_dwell_s: float = 0.0
+    # Confidence of a pair whose engaged item was also purchased, relative to
+    # a click-only one (1.0: no difference).
+    purchase_weight: float = 1.5
+    # Ranking pairs also from "click below a skipped item" (the engaged item
+    # moved up past an un-engaged item above it), not only from demotions.
+    ranking_skip_above: bool = True
+    # Diversity: the homogenised page must match the user's engaged category
+    # mix (history + clicks) worse by at least this much (overlap in [0, 1]).
+    diversity_min_gap: float = 0.1
+    # Diversity: engaged items (history + clicks) needed to know a user's mix.
+    diversity_min_evidence: int = 3
+    # Near-duplicates of data without attrs["group"]: same category and a
+    # title-token Jaccard overlap of at least this.
+    near_duplicate_title_overlap: float = 0.75
+    # Drop both pairs when one construction prefers A over B and another B
+    # over A on the same request (contradictory evidence).
+    drop_conflicts: bool = True
+
+
+@dataclass
+class RMConfig:
+    """Page- and item-level reward models trained on the preference pairs
+    (one shared backbone with two scalar heads; pagerl.rewards.models)."""
+
+    epochs: int = 1
+    # Stop after this many optimizer steps (0: run all epochs).
+    max_steps: int = 300
+    # Pairs per rank per micro-batch (each pair is two sequences).
+    micro_batch_size: int = 16
+    grad_accum_steps: int = 1
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    # Add to each response index token the mean embedding of its candidate's
+    # words in the prompt (pagerl.rewards.models), so a fresh backbone need
+    # not first learn the index -> item lookup from weak pairwise labels.
+    candidate_echo: bool = True
+    # What the page head reads: "mean" of the EOS and slot index-token states
+    # (each item's state feeds the page score directly), or "eos" alone.
+    page_pooling: str = "mean"
+    # Weights of the page and item Bradley-Terry losses in the joint loss.
+    page_loss_weight: float = 1.0
+    item_loss_weight: float = 1.0
+    # Bradley-Terry label smoothing: the chosen page is taken to be better
+    # with probability 1 - label_smoothing (implicit feedback is noisy).
+    label_smoothing: float = 0.05
+    # The chosen page must win by this reward margin before the loss is small.
+    margin: float = 0.0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    # Interrupt the stage (as a crash would) after this many steps; used to
+    # test resume. 0 never interrupts.
+    stop_after_steps: int = 0
+    # Quality report: held-out requests scored against the simulator (0: all
+    # eval impressions), and the extra pages scored per request besides the
+    # logged one (random pages, and perturbations of the logged page).
+    quality_requests: int = 200
+    quality_random_pages: int = 3
+    quality_perturbed_pages: int = 4
+    # Pages per forward pass when scoring.
+    score_batch_size: int = 64
+
+
+@dataclass
 class EvalConfig:
     """Scoring policies on held-out requests with the simulator's ground truth."""
 
@@ -238,6 +379,10 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    # Added by the reward-model helper.
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Path (relative to the recipe file) of the recipe this one extends.

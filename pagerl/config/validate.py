@@ -153,3 +153,123 @@ def check_consistency(recipe: RecipeConfig, where: Callable[[str], str]) -> None
         if finding is not None:
             key, message = finding
             raise RecipeError(f"{where(key)}: '{key}': {message}")
+
+
+# --- Added by the rewards helper: the rewards section (pagerl.rewards). ---
+
+
+@rule
+def _reward_source(r: RecipeConfig) -> Finding:
+    from pagerl.rewards.sources import REWARD_SOURCES
+
+    w = r.rewards
+    if w.source not in REWARD_SOURCES:
+        return "rewards.source", f"expected one of {', '.join(map(repr, sorted(REWARD_SOURCES)))}, got {w.source!r}"
+    if w.source == "python" and not w.function.strip():
+        return "rewards.function", "rewards.source=python needs a function: 'package.module:function'"
+    if w.source == "simulator":
+        return _one_of("rewards.sim_objective", w.sim_objective, ("clicks", "gmv"))
+    return None
+
+
+# Built into pagerl.rewards.token_rewards.NORMALIZATIONS; checking these needs
+# no torch import (recipe loading stays fast), other names ask the registry.
+_BUILTIN_NORMALIZATIONS = ("group", "none", "running")
+
+
+@rule
+def _reward_shaping(r: RecipeConfig) -> Finding:
+    w = r.rewards
+    if w.w_page < 0 or w.w_item < 0:
+        key = "rewards.w_page" if w.w_page < 0 else "rewards.w_item"
+        return key, f"a reward weight must be 0 or more, got {w.w_page if w.w_page < 0 else w.w_item}"
+    if w.w_page == 0 and w.w_item == 0:
+        return "rewards.w_page", "rewards.w_page and rewards.w_item are both 0: no reward would reach the policy"
+    if w.clip < 0:
+        return "rewards.clip", f"expected 0 (no clipping) or a positive bound, got {w.clip}"
+    if w.invalid_penalty < 0:
+        return "rewards.invalid_penalty", f"expected 0 or more (it is subtracted), got {w.invalid_penalty}"
+    if w.normalize in _BUILTIN_NORMALIZATIONS:
+        return None
+    from pagerl.rewards.token_rewards import NORMALIZATIONS
+
+    return _one_of("rewards.normalize", w.normalize, tuple(sorted(NORMALIZATIONS)))
+
+
+@rule
+def _reward_workers(r: RecipeConfig) -> Finding:
+    w = r.rewards
+    if w.num_workers < 1:
+        return "rewards.num_workers", f"expected at least 1, got {w.num_workers}"
+    if w.cpus_per_worker <= 0:
+        return "rewards.cpus_per_worker", f"expected a positive number of CPUs, got {w.cpus_per_worker}"
+    if w.batch_size < 1:
+        return "rewards.batch_size", f"expected at least 1, got {w.batch_size}"
+    if w.max_restarts < 0:
+        return "rewards.max_restarts", f"expected 0 or more, got {w.max_restarts}"
+    if w.max_batch_retries < 0:
+        return "rewards.max_batch_retries", f"expected 0 or more, got {w.max_batch_retries}"
+    return None
+
+
+# --- Added by the reward-model helper: preference pairs and reward models ---
+@rule
+def _pairs(r: RecipeConfig) -> Finding:
+    p = r.pairs
+    families = ("relevance", "ranking", "diversity", "redundancy")
+    for name in families:
+        fam = getattr(p, name)
+        if fam.weight < 0:
+            return f"pairs.{name}.weight", f"expected a number >= 0, got {fam.weight}"
+        if fam.max_per_impression < 1:
+            return f"pairs.{name}.max_per_impression", f"expected at least 1, got {fam.max_per_impression}"
+    if "rm" in r.run.stages and not any(getattr(p, n).enabled and getattr(p, n).weight > 0 for n in families):
+        return "pairs.relevance.enabled", "the rm stage needs at least one pair family enabled with a positive weight"
+    if p.min_dwell_s < 0:
+        return "pairs.min_dwell_s", f"expected seconds >= 0, got {p.min_dwell_s}"
+    if p.purchase_weight <= 0:
+        return "pairs.purchase_weight", f"expected a positive confidence, got {p.purchase_weight}"
+    if not 0.0 <= p.diversity_min_gap <= 1.0:
+        return "pairs.diversity_min_gap", f"expected a mix-overlap gap in [0, 1], got {p.diversity_min_gap}"
+    if p.diversity_min_evidence < 0:
+        return "pairs.diversity_min_evidence", f"expected 0 or more, got {p.diversity_min_evidence}"
+    if not 0.0 < p.near_duplicate_title_overlap <= 1.0:
+        return "pairs.near_duplicate_title_overlap", (
+            f"expected a Jaccard overlap in (0, 1], got {p.near_duplicate_title_overlap}"
+        )
+    return _one_of("pairs.engagement", p.engagement, ("click", "purchase"))
+
+
+@rule
+def _rm(r: RecipeConfig) -> Finding:
+    s = r.rm
+    if s.micro_batch_size < 1 or s.grad_accum_steps < 1:
+        return "rm.micro_batch_size", "micro_batch_size and grad_accum_steps must be at least 1"
+    if s.lr <= 0:
+        return "rm.lr", f"expected a positive learning rate, got {s.lr}"
+    if s.epochs < 1 and s.max_steps < 1:
+        return "rm.epochs", "set rm.epochs or rm.max_steps to at least 1"
+    if s.checkpoint_every < 1:
+        return "rm.checkpoint_every", f"expected at least 1, got {s.checkpoint_every}"
+    if s.log_every < 1:
+        return "rm.log_every", f"expected at least 1, got {s.log_every}"
+    if not 0.0 <= s.label_smoothing < 0.5:
+        return "rm.label_smoothing", f"expected a value in [0, 0.5), got {s.label_smoothing}"
+    if s.page_loss_weight < 0 or s.item_loss_weight < 0 or s.page_loss_weight + s.item_loss_weight == 0:
+        return "rm.page_loss_weight", "page_loss_weight and item_loss_weight must be >= 0 and not both 0"
+    for key in ("quality_requests", "quality_random_pages", "quality_perturbed_pages", "stop_after_steps"):
+        if getattr(s, key) < 0:
+            return f"rm.{key}", f"expected 0 or more, got {getattr(s, key)}"
+    if s.score_batch_size < 1:
+        return "rm.score_batch_size", f"expected at least 1, got {s.score_batch_size}"
+    finding = _one_of("rm.page_pooling", s.page_pooling, ("mean", "eos"))
+    if finding:
+        return finding
+    if "rm" in r.run.stages and "synth" not in r.run.stages:
+        if not r.data.train_files:
+            return "data.train_files", "the rm stage needs training data: list files here or add 'synth' to run.stages"
+        if not r.data.eval_files:
+            return "data.eval_files", (
+                "the rm stage reports its quality on held-out impressions: list files here or add 'synth' to run.stages"
+            )
+    return None
