@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="run only the SFT stage of a recipe")
     _recipe_args(p)
+    p = sub.add_parser("rm", help="run only the reward-model stage of a recipe (after sft)")
+    _recipe_args(p)
     p = sub.add_parser("eval", help="run only the evaluation stage of a recipe")
     _recipe_args(p)
     p.add_argument("--model", help="a saved policy dir to evaluate (default: <run dir>/sft/final if present)")
@@ -69,11 +71,11 @@ def _main(argv: Optional[List[str]]) -> int:
 
         pipeline.run(_load(args))
         return 0
-    if args.command == "sft":
+    if args.command in ("sft", "rm"):
         from pagerl import pipeline
 
-        out = pipeline.run(_load(args), stages=["sft"])
-        return 0 if out.get("sft", {}).get("finished") else 3
+        out = pipeline.run(_load(args), stages=[args.command])
+        return 0 if out.get(args.command, {}).get("finished") else 3
     if args.command == "eval":
         from pagerl import pipeline
         from pagerl.eval.evaluate import run_eval_stage

@@ -89,28 +89,30 @@ def run(recipe: RecipeConfig, stages: Optional[List[str]] = None) -> Dict[str, A
     started = time.perf_counter()
     outputs: Dict[str, Any] = {"run_dir": str(run_dir)}
     files = data_files(recipe, run_dir)
-    model_dir: Optional[str] = None
 
     if "synth" in stages:
         outputs["synth"] = stage_synth(recipe, run_dir)
-    if "sft" in stages:
-        from pagerl.train.sft import run_sft_stage
-
+    trained = [stage for stage in ("sft", "rm") if stage in stages]
+    if trained:
         data = load_training_data(recipe, files["train"])
         _record_data_stats(run_dir, data)
         owns_ray = ray_cluster.connect(recipe.distributed.ray_address)
         try:
-            outputs["sft"] = run_sft_stage(recipe, run_dir, data.impressions)
+            if "sft" in stages:
+                from pagerl.train.sft import run_sft_stage
+
+                outputs["sft"] = run_sft_stage(recipe, run_dir, data.impressions)
+                if not outputs["sft"]["finished"]:
+                    return _stopped(outputs, "sft")
+            if "rm" in stages:
+                from pagerl.rewards.rm_stage import run_rm_stage
+
+                outputs["rm"] = run_rm_stage(recipe, run_dir, data.impressions, policy_dir=_final_policy(run_dir))
+                if not outputs["rm"]["finished"]:
+                    return _stopped(outputs, "rm")
         finally:
             ray_cluster.shutdown(owns_ray)
-        if not outputs["sft"]["finished"]:
-            print(f"[sft] stopped at step {outputs['sft']['step']}/{outputs['sft']['total_steps']} "
-                  f"(checkpoint {outputs['sft']['checkpoint']}); run the same command again to resume",
-                  flush=True)
-            return outputs
-        model_dir = outputs["sft"]["model_dir"]
-    elif (run_dir / "sft" / "final" / "config.json").is_file():
-        model_dir = str(run_dir / "sft" / "final")
+    model_dir = _final_policy(run_dir)
 
     if "eval" in stages:
         from pagerl.eval.evaluate import run_eval_stage
@@ -125,6 +127,18 @@ def run(recipe: RecipeConfig, stages: Optional[List[str]] = None) -> Dict[str, A
     print(f"\nrun directory: {run_dir}", flush=True)
     if "report" in outputs:
         print(f"report:        {outputs['report']}", flush=True)
+    return outputs
+
+
+def _final_policy(run_dir: Path) -> Optional[str]:
+    final = run_dir / "sft" / "final"
+    return str(final) if (final / "config.json").is_file() else None
+
+
+def _stopped(outputs: Dict[str, Any], stage: str) -> Dict[str, Any]:
+    out = outputs[stage]
+    print(f"[{stage}] stopped at step {out['step']}/{out['total_steps']} (checkpoint {out['checkpoint']}); "
+          "run the same command again to resume", flush=True)
     return outputs
 
 

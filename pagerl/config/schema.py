@@ -124,6 +124,10 @@ class TinyModelConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 128
     max_position_embeddings: int = 512
+    # One matrix for input and output embeddings. Tied, the candidate index
+    # tokens a page copies from the prompt are read and written in the same
+    # space, which is what lets a small model learn to point at candidates.
+    tie_word_embeddings: bool = False
 
 
 @dataclass

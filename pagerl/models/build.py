@@ -61,7 +61,7 @@ def _shape_kwargs(tiny: Any) -> Dict[str, Any]:
         num_attention_heads=int(tiny.num_heads),
         num_key_value_heads=int(tiny.num_kv_heads),
         max_position_embeddings=int(tiny.max_position_embeddings),
-        tie_word_embeddings=False,
+        tie_word_embeddings=bool(tiny.tie_word_embeddings),
     )
 
 

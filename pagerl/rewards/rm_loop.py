@@ -1,0 +1,200 @@
+"""The reward-model training loop that runs on every Ray Train worker.
+
+It reads as the stage does: load the initial (or resumed) reward model, wrap
+it for DeepSpeed, then for each optimizer step take this rank's micro-batches
+of preference pairs, score chosen and rejected pages in one forward pass, and
+step on the joint Bradley-Terry loss of the page head and the item head;
+rank 0 logs, and every rank joins the (collective) checkpoint.
+
+The losses (our design; the paper only says "Bradley-Terry on the pairs"):
+
+- page: ``d = r_page(chosen) - r_page(rejected)``;
+- item: ``d = sum over the slots where the pages differ of
+  r_item(chosen)[k] - r_item(rejected)[k]``. Slots above the first
+  difference score the same on both sides (causal attention), so this puts
+  the item model's credit on the slots the pair is about: one slot for a
+  relevance pair, both swapped slots for a ranking pair (which forces the
+  item scores to depend on the position: a position-blind scorer gives the
+  two orders of a swap the same sum);
+- each with label smoothing ``eps`` and margin ``m``:
+  ``-(1 - eps) log sigmoid(d - m) - eps log sigmoid(m - d)``, weighted by the
+  pair's weight, and ``loss = page_loss_weight * page + item_loss_weight * item``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import ray
+import ray.train
+import torch
+import torch.nn.functional as F
+import transformers
+
+from pagerl.config.schema import RecipeConfig
+from pagerl.rewards.models import RewardModel, pack_sequences
+from pagerl.tokenization.tokenizer import load_policy_tokenizer
+from pagerl.tracking.metrics import MetricsLogger
+from pagerl.tracking.progress import Progress
+from pagerl.train.batching import Schedule, micro_batches
+from pagerl.train.engine import ZeroPolicy, lr_at, remove_dir, scratch_dir
+from pagerl.train.sft_loop import WORKER_STDERR
+
+
+def bradley_terry_loss(delta: torch.Tensor, weight: torch.Tensor, label_smoothing: float = 0.0,
+                       margin: float = 0.0) -> torch.Tensor:
+    """Weighted mean of the smoothed, margined Bradley-Terry NLL of reward differences ``delta`` [B]."""
+    z = delta - margin
+    nll = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    return (weight * nll).sum() / weight.sum().clamp_min(1e-8)
+
+
+def collate_pairs(examples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows in one padded batch, plus the per-pair tensors.
+
+    Each example holds ``prompt``, ``chosen``, ``rejected`` (response ids: K
+    index tokens + EOS), ``slots`` (where the pages differ), ``weight`` and
+    ``family`` (an int code).
+    """
+    rows = [(e["prompt"], e["chosen"]) for e in examples] + [(e["prompt"], e["rejected"]) for e in examples]
+    batch = pack_sequences(rows, pad_id)
+    k_max = batch["slot_positions"].shape[1]
+    diff = torch.zeros((len(examples), k_max), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        diff[i, list(e["slots"])] = True
+    batch["diff_slots"] = diff
+    batch["weight"] = torch.tensor([float(e["weight"]) for e in examples], dtype=torch.float32)
+    batch["family"] = torch.tensor([int(e["family"]) for e in examples], dtype=torch.long)
+    return batch
+
+
+def pair_deltas(page: torch.Tensor, item: torch.Tensor, diff_slots: torch.Tensor):
+    """Per-pair ``(page delta, item delta)`` from the scores of the 2B rows of :func:`collate_pairs`."""
+    b = diff_slots.shape[0]
+    page_delta = page[:b] - page[b:]
+    item_delta = ((item[:b] - item[b:]) * diff_slots.to(item.dtype)).sum(dim=1)
+    return page_delta, item_delta
+
+
+def rm_losses(model_out, batch: Dict[str, torch.Tensor], rm_cfg: Any) -> Dict[str, torch.Tensor]:
+    """The joint loss and its parts for one micro-batch."""
+    page, item = model_out
+    page_delta, item_delta = pair_deltas(page, item, batch["diff_slots"])
+    page_loss = bradley_terry_loss(page_delta, batch["weight"], rm_cfg.label_smoothing, rm_cfg.margin)
+    item_loss = bradley_terry_loss(item_delta, batch["weight"], rm_cfg.label_smoothing, rm_cfg.margin)
+    loss = rm_cfg.page_loss_weight * page_loss + rm_cfg.item_loss_weight * item_loss
+    return {"loss": loss, "page_loss": page_loss, "item_loss": item_loss,
+            "page_acc": (page_delta > 0).float().mean(), "item_acc": (item_delta > 0).float().mean()}
+
+
+def rm_worker(config: Dict[str, Any]) -> None:
+    recipe: RecipeConfig = config["recipe"]
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    run_dir = Path(config["run_dir"])
+    examples = ray.get(config["examples_ref"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(recipe.run.seed)
+    torch.set_num_threads(max(1, int(recipe.distributed.cpus_per_worker)))
+
+    resume_dir = None
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        resume_dir = Path(resumed.path)
+    elif config.get("resume_from"):
+        resume_dir = Path(config["resume_from"])
+
+    s = recipe.rm
+    model = RewardModel.from_pretrained(config["init_dir"], dtype=recipe.model.dtype,
+                                        attn_implementation=recipe.model.attn_implementation)
+    tokenizer = load_policy_tokenizer(config["init_dir"])
+    model.train()
+    policy = ZeroPolicy(
+        model, model, recipe.distributed,
+        dtype=recipe.model.dtype, lr=s.lr, weight_decay=s.weight_decay,
+        micro_batch_size=s.micro_batch_size, grad_accum_steps=s.grad_accum_steps,
+        grad_clip=s.grad_clip, resume_dir=resume_dir,
+    )
+    schedule = Schedule(len(examples), s.micro_batch_size, s.grad_accum_steps, world, s.epochs, s.max_steps)
+    schedule.check()
+    start = policy.state.step
+    stop_at = schedule.total_steps
+    if s.stop_after_steps > 0:
+        stop_at = min(stop_at, start + s.stop_after_steps)
+
+    metrics = MetricsLogger.from_config(run_dir, recipe.tracking, enabled=rank == 0)
+    progress = Progress("rm", total=schedule.total_steps, every_s=recipe.tracking.progress_every_s,
+                        stream=WORKER_STDERR, enabled=rank == 0)
+    if rank == 0 and start > 0:
+        WORKER_STDERR.write(f"[rm] resumed from {resume_dir} at step {start}/{schedule.total_steps}\n")
+
+    pad_id = tokenizer.pad_token_id
+    names = ("loss", "page_loss", "item_loss", "page_acc", "item_acc")
+    window = _new_window(names)
+    for step in range(start, stop_at):
+        lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=schedule.total_steps)
+        policy.set_lr(lr)
+        for indices in micro_batches(schedule, recipe.run.seed, rank, step):
+            batch = collate_pairs([examples[i] for i in indices], pad_id)
+            out = policy.forward(batch["input_ids"], batch["attention_mask"],
+                                 batch["slot_positions"], batch["eos_positions"])
+            parts = rm_losses(out, batch, s)
+            policy.backward_and_step(parts["loss"])
+            for name in names:
+                window[name] += float(parts[name].item()) / s.grad_accum_steps
+        policy.state.step = step + 1
+        policy.state.examples_seen += schedule.global_batch
+        window["n"] += 1
+
+        done = policy.state.step
+        if done % s.log_every == 0 or done == stop_at:
+            means = {name: _all_mean(window[name] / max(1, window["n"])) for name in names}
+            elapsed = time.perf_counter() - window["t0"]
+            row = {**means, "lr": lr, "grad_norm": policy.grad_norm(),
+                   "pairs_per_s": _all_sum(window["n"] * s.micro_batch_size * s.grad_accum_steps) / max(elapsed, 1e-9),
+                   "epoch": done / schedule.steps_per_epoch}
+            metrics.log("rm", done, row)
+            progress.update(done, {"loss": means["loss"], "page_acc": means["page_acc"],
+                                   "item_acc": means["item_acc"]})
+            window = _new_window(names)
+        if done % s.checkpoint_every == 0 or done == stop_at:
+            _checkpoint(policy, tokenizer, schedule, done)
+
+    if start >= stop_at:  # nothing left to train: report the checkpoint we resumed from
+        ray.train.report({"step": start, "finished": int(start >= schedule.total_steps)})
+    metrics.close()
+
+
+def _new_window(names: Sequence[str]) -> Dict[str, float]:
+    window: Dict[str, float] = {name: 0.0 for name in names}
+    window["n"] = 0
+    window["t0"] = time.perf_counter()
+    return window
+
+
+def _checkpoint(policy: ZeroPolicy, tokenizer: Any, schedule: Schedule, step: int) -> None:
+    directory = scratch_dir(f"pagerl-rm-ckpt-{step}-")
+    try:
+        policy.save(directory, tokenizer, {"total_steps": schedule.total_steps,
+                                          "steps_per_epoch": schedule.steps_per_epoch})
+        ray.train.report(
+            {"step": step, "finished": int(step >= schedule.total_steps)},
+            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+        )
+    finally:
+        remove_dir(directory)
+
+
+def _all_mean(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item() / torch.distributed.get_world_size())
+
+
+def _all_sum(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
