@@ -1,0 +1,384 @@
+"""The run report: one Markdown file with PNG plots, written from a run directory.
+
+Why from files and not from objects in memory: the report must be
+re-creatable after the fact (``write_report(run_dir)`` on a finished or a
+crashed run, on a laptop after copying the run dir back from a cluster), so
+it reads only what the stages wrote:
+
+    <run_dir>/recipe.yaml          the resolved recipe            -> "Recipe"
+    <run_dir>/data/stats.json      data statistics (a dict)       -> "Data"
+    <run_dir>/metrics.jsonl        stage "sft", metric "loss"     -> "SFT learning curve"
+    <run_dir>/eval/results.json    pagerl.eval.evaluate output    -> "Evaluation"
+
+A missing input skips its section with a note saying which file was absent,
+so a partial run still gets a report. A present but malformed input raises
+ValueError naming the file: our own stages wrote it, so it is a bug to see.
+
+Plots are drawn on :class:`matplotlib.figure.Figure` objects rendered by the
+Agg canvas, never through ``pyplot``: no global backend switch, no window,
+nothing left open in the caller's process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pagerl.tracking.metrics import METRICS_FILE, metric_series, read_metrics
+
+REPORT_FILE = "report.md"
+PLOTS_DIR = "plots"
+
+# Columns of the evaluation table, in this order; other metrics follow.
+EVAL_COLUMNS = (
+    "ndcg",
+    "expected_clicks",
+    "expected_gmv",
+    "valid_rate",
+    "diversity",
+    "redundancy",
+)
+# How each evaluation number is computed (shown under the table).
+EVAL_EXPLANATIONS = {
+    "ndcg": "NDCG@k of the page against the simulator's true relevance of the "
+    "request's candidates (`PageScore.ndcg` from `pagerl.sim.Simulator.score_page(request, page, k=k)`)",
+    "expected_clicks": "exact expected number of clicks on the page under the simulator's "
+    "click model: position bias, cascade stopping and the page-level diversity/redundancy "
+    "effects (`PageScore.expected_clicks`)",
+    "expected_gmv": "exact expected gross merchandise value: click and purchase "
+    "probabilities times item prices (`PageScore.expected_gmv`)",
+    "valid_rate": "share of requests whose page was valid: K distinct candidates of the "
+    "request (`PageScore.valid`; a missing page counts as invalid)",
+    "diversity": "category diversity of the page (`PageScore.diversity`)",
+    "redundancy": "near-duplicate content on the page (`PageScore.redundancy`)",
+}
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``<run_dir>/report.md`` (and ``<run_dir>/plots/*.png``); return its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} does not exist; nothing to report")
+    plots = run_dir / PLOTS_DIR
+    recipe = _read_yaml(run_dir / "recipe.yaml")
+    name = _dig(recipe, "run", "name") if recipe else None
+    sections = [
+        f"# Run report: {name or run_dir.name}",
+        f"Run directory `{run_dir}`, report written "
+        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M:%S %Z')}.",
+        _recipe_section(recipe),
+        _data_section(_read_json(run_dir / "data" / "stats.json")),
+        _sft_section(run_dir, plots),
+        _curve_section(run_dir, plots, "rm", "Reward-model learning curve"),
+        _rm_quality_section(_read_json(run_dir / "rm" / "quality.json")),
+        _eval_section(_read_json(run_dir / "eval" / "results.json"), plots),
+    ]
+    path = run_dir / REPORT_FILE
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n\n".join(sections).rstrip() + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _read_json(path: Path) -> Optional[Any]:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+
+
+def _read_yaml(path: Path) -> Optional[Dict[str, Any]]:
+    if not path.exists():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of recipe sections, got {type(data).__name__}")
+    return data
+
+
+def _dig(data: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, Mapping) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _skipped(title: str, why: str) -> str:
+    return f"## {title}\n\n_Skipped: {why}._"
+
+
+def _recipe_section(recipe: Optional[Dict[str, Any]]) -> str:
+    title = "Recipe"
+    if recipe is None:
+        return _skipped(title, "`recipe.yaml` not found in the run directory")
+    lines = [f"## {title}", "", "The resolved recipe (full text in `recipe.yaml`):", ""]
+    for section, values in recipe.items():
+        if isinstance(values, Mapping):
+            flat = _flatten(values)
+            body = ", ".join(f"{k}={_fmt(v)}" for k, v in flat.items()) or "(empty)"
+        else:
+            body = _fmt(values)
+        lines.append(f"- **{section}**: {body}")
+    return "\n".join(lines)
+
+
+def _data_section(stats: Optional[Any]) -> str:
+    title = "Data"
+    if stats is None:
+        return _skipped(title, "`data/stats.json` not found")
+    if not isinstance(stats, dict):
+        raise ValueError(f"data/stats.json: expected a JSON object, got {type(stats).__name__}")
+    if not stats:
+        return _skipped(title, "`data/stats.json` is empty")
+    lines = [f"## {title}", "", "From `data/stats.json`:", ""]
+    if all(isinstance(v, Mapping) for v in stats.values()):
+        # One column per part (e.g. train / eval), one row per statistic.
+        parts = list(stats)
+        flats = {p: _flatten(stats[p]) for p in parts}
+        keys = _union_keys(flats[p] for p in parts)
+        rows = [[k] + [_fmt(flats[p].get(k, "")) for p in parts] for k in keys]
+        lines += _table(["statistic"] + parts, rows)
+    else:
+        rows = [[k, _fmt(v)] for k, v in _flatten(stats).items()]
+        lines += _table(["statistic", "value"], rows)
+    return "\n".join(lines)
+
+
+def _sft_section(run_dir: Path, plots: Path) -> str:
+    return _curve_section(run_dir, plots, "sft", "SFT learning curve")
+
+
+def _curve_section(run_dir: Path, plots: Path, stage: str, title: str) -> str:
+    """The training-loss curve of one stage, plotted and summarised."""
+    if not (run_dir / METRICS_FILE).exists():
+        return _skipped(title, f"`{METRICS_FILE}` not found")
+    steps, values = metric_series(read_metrics(run_dir, stage=stage), stage, "loss")
+    points = [(s, v) for s, v in zip(steps, values) if v is not None]
+    if not points:
+        return _skipped(title, f"no `loss` of stage `{stage}` in `{METRICS_FILE}`")
+    nonfinite = len(steps) - len(points)
+    png = _plot_curve(points, plots / f"{stage}_loss.png", f"{stage.upper()} training loss", "loss")
+    losses = [v for _, v in points]
+    lines = [
+        f"## {title}",
+        "",
+        f"![{stage} loss]({PLOTS_DIR}/{png.name})",
+        "",
+        f"Training loss of stage `{stage}` per optimizer step, from `{METRICS_FILE}` "
+        "(last value per step, so a resumed stage shows the run that went on).",
+        "",
+    ]
+    lines += _table(
+        ["points", "first step", "last step", "first loss", "last loss", "min loss"],
+        [[len(points), points[0][0], points[-1][0], _fmt(losses[0]), _fmt(losses[-1]), _fmt(min(losses))]],
+    )
+    if nonfinite:
+        lines += ["", f"**{nonfinite} step(s) logged a non-finite loss** (null in `{METRICS_FILE}`)."]
+    return "\n".join(lines)
+
+
+def _rm_quality_section(quality: Optional[Any]) -> str:
+    """Held-out pair accuracy per family and Spearman against the simulator (``rm/quality.json``)."""
+    title = "Reward-model quality"
+    if not quality:
+        return _skipped(title, "`rm/quality.json` not found")
+    lines = [f"## {title}", "",
+             "Held-out pair accuracy: share of preference pairs built from the held-out impressions "
+             "whose chosen page the model scores higher (`pagerl.rewards.quality.pair_accuracy`); "
+             "`label vs truth` is how often the pair's label itself agrees with the simulator.", ""]
+    rows = [[family, acc.get("pairs"), _fmt(acc.get("page_accuracy")), _fmt(acc.get("item_accuracy")),
+             _fmt(acc.get("label_truth_agreement"))]
+            for family, acc in (quality.get("pair_accuracy") or {}).items()]
+    lines += _table(["family", "pairs", "page RM", "item RM", "label vs truth"], rows)
+    sim = quality.get("simulator") or {}
+    if sim:
+        lines += ["", "Spearman correlation with the simulator's ground truth on held-out requests "
+                  "(`pagerl.rewards.quality.simulator_correlation`): page reward vs expected clicks of "
+                  "the page, item reward vs the slot's expected clicks; within-request unless pooled.", ""]
+        lines += _table(["metric", "value"], [[k, _fmt(v)] for k, v in sim.items()])
+    return "\n".join(lines)
+
+
+def _eval_section(results: Optional[Any], plots: Path) -> str:
+    title = "Evaluation"
+    if results is None:
+        return _skipped(title, "`eval/results.json` not found")
+    methods = results.get("methods") if isinstance(results, dict) else None
+    if not isinstance(methods, dict) or not all(isinstance(m, dict) for m in methods.values()):
+        raise ValueError("eval/results.json: expected {'methods': {name: {metric: value}}, ...}")
+    if not methods:
+        return _skipped(title, "`eval/results.json` lists no methods")
+    k = results.get("k")
+    metric_names = list(EVAL_COLUMNS) + sorted(
+        {m for r in methods.values() for m in r if _is_metric(m)} - set(EVAL_COLUMNS)
+    )
+    metric_names = [m for m in metric_names if any(m in r for r in methods.values())]
+    header = ["method"] + [f"ndcg@{k}" if m == "ndcg" and k else m for m in metric_names] + ["n"]
+    rows = []
+    for name, row in methods.items():
+        cells = [f"`{name}`"]
+        for m in metric_names:
+            cells.append(_mean_se(row.get(m), row.get(f"{m}_se")))
+        cells.append(_fmt(row.get("count", "")))
+        rows.append(cells)
+    context = ", ".join(
+        f"{key}={_fmt(results[key])}" for key in results if key != "methods" and not isinstance(results[key], (dict, list))
+    )
+    lines = [f"## {title}", "", f"Held-out requests scored by the simulator's ground truth ({context}).", ""]
+    lines += _table(header, rows)
+    png = _plot_eval_bars(methods, plots / "eval_bars.png", k)
+    if png is not None:
+        lines += ["", f"![Expected clicks and NDCG per method]({PLOTS_DIR}/{png.name})"]
+    lines += ["", "How the numbers were computed:", ""]
+    lines += [
+        f"- Every method's page for every request was scored by "
+        f"`pagerl.sim.Simulator.score_page(request, page, k={k if k else 'K'})`; "
+        "`pagerl.eval.evaluate.evaluate` averages each score over the requests "
+        "(`n` = number of requests) and gives `mean ± standard error` "
+        "(sample standard deviation / sqrt(n)).",
+        "- A method that produced no page for a request (e.g. unparseable unconstrained "
+        "output) scores 0 on ndcg, expected clicks and GMV and counts as invalid; "
+        "diversity and redundancy are averaged over the pages that exist.",
+    ]
+    for m in metric_names:
+        if m in EVAL_EXPLANATIONS:
+            lines.append(f"- `{m}`: {EVAL_EXPLANATIONS[m]}.")
+    notes = results.get("notes")
+    if isinstance(notes, list):
+        lines += [f"- {n}" for n in notes if isinstance(n, str)]
+    return "\n".join(lines)
+
+
+def _is_metric(key: str) -> bool:
+    """Columns of the table: means, not their standard errors or bookkeeping."""
+    return not key.endswith("_se") and key not in {"count", "scored"}
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def _plot_curve(points: Sequence[Tuple[int, float]], path: Path, title: str, ylabel: str) -> Path:
+    fig = Figure(figsize=(6.4, 3.6))
+    ax = fig.add_subplot()
+    steps = [s for s, _ in points]
+    values = [v for _, v in points]
+    ax.plot(steps, values, marker="." if len(points) < 60 else None, linewidth=1.5)
+    ax.set_title(title)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def _plot_eval_bars(methods: Mapping[str, Mapping[str, Any]], path: Path, k: Any) -> Optional[Path]:
+    panels = [(m, f"NDCG@{k}" if m == "ndcg" and k else m.replace("_", " ")) for m in ("expected_clicks", "ndcg")]
+    panels = [(m, label) for m, label in panels if any(_number(r.get(m)) is not None for r in methods.values())]
+    if not panels:
+        return None
+    names = list(methods)
+    fig = Figure(figsize=(4.0 * len(panels) + 0.6 * max(0, len(names) - 4), 3.8))
+    for i, (metric, label) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        values = [_number(methods[n].get(metric)) for n in names]
+        errors = [_number(methods[n].get(f"{metric}_se")) for n in names]
+        heights = [v if v is not None else 0.0 for v in values]
+        yerr = [e if e is not None else 0.0 for e in errors]
+        ax.bar(range(len(names)), heights, yerr=yerr, capsize=3, color="#4C72B0")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_title(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _mean_se(mean: Any, se: Any) -> str:
+    if mean is None:
+        return ""
+    text = _fmt(mean)
+    if _number(se) is not None:
+        text += f" ± {_fmt(se)}"
+    return text
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        if len(value) > 8:
+            return f"[{len(value)} values]"
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _union_keys(dicts: Any) -> List[str]:
+    keys: List[str] = []
+    for d in dicts:
+        keys += [k for k in d if k not in keys]
+    return keys
+
+
+def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> List[str]:
+    """A GitHub Markdown table, columns padded so it also reads in a terminal."""
+    cells = [[_cell(c) for c in header]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    out = []
+    for n, row in enumerate(cells):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        if n == 0:
+            out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return out
+
+
+def _cell(value: Any) -> str:
+    return (value if isinstance(value, str) else _fmt(value)).replace("|", "\\|").replace("\n", " ")
