@@ -1,0 +1,206 @@
+"""Per-token logprobs (and entropies) of a Hugging Face causal LM, without building its full logits.
+
+Every loss of PageRL (SFT, policy, old policy, reference, KL) needs the
+log-probability of given tokens, not the ``[batch, length, vocabulary]``
+logits that ``model(...)`` returns. :class:`CausalLMLogprobs` wraps a causal
+LM, runs only its backbone (``model.get_decoder()`` / ``model.model``, which
+ends with the final norm) and hands the last hidden states and the LM-head
+weight to :func:`pagerl_kernels.fused_linear_logprobs`, which holds at most
+one tile of logits at a time (see ``kernels/``).
+
+API
+---
+``CausalLMLogprobs(model, impl="auto")`` -- an ``nn.Module``; ``model`` is
+registered as its submodule ``.model``, so ``wrapper.parameters()`` are the
+model's parameters (hand the *wrapper* to ``deepspeed.initialize``).
+
+``wrapper(input_ids, attention_mask=None, labels=None, temperature=1.0,
+return_entropy=False, position_ids=None)``:
+
+* ``input_ids``, ``attention_mask``, ``labels``: ``[B, L]``. ``labels`` uses
+  the Hugging Face convention (``-100`` = not scored); ``None`` scores every
+  attended token (``input_ids`` where ``attention_mask`` is 1).
+* returns ``logprobs`` ``[B, L-1]`` float32 (float64 for a float64 model), or
+  ``(logprobs, entropy)`` with ``return_entropy=True``. Column ``t`` is
+  ``log p(labels[:, t+1] | tokens <= t)``: the label at position ``t+1`` scored
+  from the hidden state at ``t``, exactly ``log_softmax(model(...).logits /
+  temperature)[:, :-1].gather(-1, labels[:, 1:])``. Columns whose label is
+  ``-100`` are 0 (logprob and entropy) and send no gradient. ``entropy[:, t]`` is
+  the entropy of that whole next-token distribution.
+* ``temperature`` divides the logits, as sampling does (trainer logprobs must
+  use the rollout's sampling temperature to match it).
+* ``position_ids`` is passed to the backbone. With left padding, pass
+  ``attention_mask.cumsum(-1) - 1`` (clamped at 0) to reproduce what
+  ``generate`` used.
+
+``wrapper.sequence_logprobs(...)`` -- same arguments, returns ``[B]``: the sum
+over each row's scored tokens (:func:`sum_per_sequence`).
+
+Models whose logits are not ``hidden @ W.T`` are handled or refused here:
+logit scaling (``logit_scale``, ``logits_scaling``) is folded into the
+temperature; final-logit soft-capping and an LM-head bias are refused with a
+ValueError, since the fused kernels compute plain linear logits.
+
+DeepSpeed ZeRO-3: the LM-head weight is partitioned and gathered only during
+the forward of the module that owns it, and the wrapper never calls that
+module. So when the weight is a ZeRO-3 parameter (it has ``ds_id``) the
+wrapper registers it as an external parameter of itself
+(``deepspeed.zero.register_external_parameter``): at construction if the model
+was built under ``zero.Init``, otherwise in a forward pre-hook on the first
+forward after ``deepspeed.initialize`` (the hook was registered before
+DeepSpeed's own hooks, so it runs first and DeepSpeed then gathers the weight
+for this forward and its backward). Tied input/output embeddings are one
+Parameter: its gradient sums both uses, with or without ZeRO.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from pagerl_kernels import fused_linear_logprobs
+
+IGNORE_INDEX = -100
+
+
+def sum_per_sequence(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum ``values[B, L-1]`` (aligned with ``labels[:, 1:]``) over each row's scored tokens -> ``[B]``."""
+    if values.dim() != 2 or labels.dim() != 2 or values.shape != (labels.shape[0], labels.shape[1] - 1):
+        raise ValueError(
+            f"sum_per_sequence: values must be [B, L-1] for labels [B, L], got {tuple(values.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    mask = labels[:, 1:] != IGNORE_INDEX
+    return (values * mask.to(values.dtype)).sum(dim=1)
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    """The model without its LM head (its forward returns the last, normed, hidden states)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is None or decoder is model:
+        decoder = getattr(model, "model", None)
+    if not isinstance(decoder, nn.Module):
+        raise ValueError(
+            f"CausalLMLogprobs: cannot find the backbone of {type(model).__name__}: expected "
+            "model.get_decoder() or model.model to return the decoder without the LM head"
+        )
+    return decoder
+
+
+def _logit_multiplier(config: Any) -> float:
+    """Factor the model applies to ``hidden @ W.T`` to get its logits (refusing what is not a factor)."""
+    softcap = getattr(config, "final_logit_softcapping", None)
+    if softcap is not None:
+        raise ValueError(
+            f"CausalLMLogprobs: {type(config).__name__}.final_logit_softcapping={softcap} is set; the fused "
+            "kernels compute plain linear logits and cannot apply tanh soft-capping"
+        )
+    mult = 1.0
+    scale = getattr(config, "logit_scale", None)  # e.g. Cohere: logits * logit_scale
+    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        mult *= float(scale)
+    scaling = getattr(config, "logits_scaling", None)  # e.g. Granite: logits / logits_scaling
+    if isinstance(scaling, (int, float)) and not isinstance(scaling, bool):
+        mult /= float(scaling)
+    if not mult > 0:
+        raise ValueError(f"CausalLMLogprobs: the model's logit scaling gives a non-positive factor {mult}")
+    return mult
+
+
+def _register_head_pre_hook(module: "CausalLMLogprobs", args: Tuple[Any, ...]) -> None:
+    module._register_head_if_partitioned()
+
+
+class CausalLMLogprobs(nn.Module):
+    """Per-token logprobs of a causal LM through the fused kernel (API in the module docstring)."""
+
+    def __init__(self, model: nn.Module, *, impl: str = "auto") -> None:
+        super().__init__()
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+            raise ValueError(
+                f"CausalLMLogprobs: {type(model).__name__}.get_output_embeddings() must return the LM head "
+                "(a module with a [V, H] weight)"
+            )
+        if getattr(head, "bias", None) is not None:
+            raise ValueError("CausalLMLogprobs: an LM head with a bias is not supported by the fused kernels")
+        _backbone(model)  # fail now, not at the first forward
+        self.model = model
+        self.impl = impl
+        self._logit_multiplier = _logit_multiplier(getattr(model, "config", None))
+        self._head_registered = False
+        self._register_head_if_partitioned()
+        self.register_forward_pre_hook(_register_head_pre_hook)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.model.get_output_embeddings().weight
+
+    def _register_head_if_partitioned(self) -> None:
+        """Make ZeRO-3 gather the LM-head weight for this module's forward and backward (once)."""
+        if self._head_registered:
+            return
+        weight = self.lm_head_weight
+        if hasattr(weight, "ds_id"):
+            import deepspeed  # only ZeRO-3 parameters carry ds_id, so deepspeed is installed
+
+            deepspeed.zero.register_external_parameter(self, weight)
+            self._head_registered = True
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Last hidden states ``[B, L, H]`` of the backbone (after its final norm)."""
+        out = _backbone(self.model)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        temperature: float = 1.0,
+        return_entropy: bool = False,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        if input_ids.dim() != 2:
+            raise ValueError(f"CausalLMLogprobs: input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        if input_ids.shape[1] < 2:
+            raise ValueError("CausalLMLogprobs: sequences need at least 2 tokens (one to condition on, one to score)")
+        if labels is None:
+            labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        elif labels.shape != input_ids.shape:
+            raise ValueError(
+                f"CausalLMLogprobs: labels {tuple(labels.shape)} must have input_ids' shape {tuple(input_ids.shape)}"
+            )
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
+        return fused_linear_logprobs(
+            hidden[:, :-1],
+            self.lm_head_weight,
+            labels[:, 1:],
+            temperature=float(temperature) / self._logit_multiplier,
+            ignore_index=IGNORE_INDEX,
+            return_entropy=return_entropy,
+            impl=self.impl,
+        )
+
+    def sequence_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        temperature: float = 1.0,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``[B]`` log-probability of each row's scored tokens (sum over them)."""
+        if labels is None:
+            labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        logp = self.forward(input_ids, attention_mask, labels, temperature=temperature, position_ids=position_ids)
+        return sum_per_sequence(logp, labels)
