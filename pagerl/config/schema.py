@@ -349,6 +349,7 @@ class RMConfig:
 class EvalConfig:
     """Scoring policies on held-out requests with the simulator's ground truth."""
 
+    # The first this many requests of the eval data files are scored (0: all).
     num_requests: int = 200
     # NDCG cut-off; 0 means the page size.
     ndcg_k: int = 0

@@ -22,8 +22,9 @@ saved with; a mismatch is refused with a clear error.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -113,3 +114,20 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
         if is_complete(directory):
             found.append((int(read_trainer_state(directory)["step"]), str(directory), directory))
     return max(found)[2] if found else None
+
+
+def export_files(checkpoint_dir: Path, target: Path, names: Sequence[str]) -> None:
+    """Copy the named files of a checkpoint into ``target``, replacing it whole.
+
+    Used to publish a stage's final model (a plain Hugging Face directory)
+    without its training state; the copy goes to a sibling first, so a crash
+    never leaves a half-written ``target``.
+    """
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in names:
+        if (checkpoint_dir / name).is_file():
+            shutil.copy2(checkpoint_dir / name, tmp / name)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)

@@ -1,12 +1,19 @@
 """Reference page policies of the evaluation protocol (DESIGN.md section 4), by name.
 
 Each takes the simulator, a request and a numpy Generator and returns a page
-(item ids in slot order). The recipe's ``eval.baselines`` lists names from
-``BASELINES``; a new reference policy is one decorated function.
+(item ids in slot order); the ones that need no randomness ignore the
+Generator, so every baseline has the same signature and the evaluation loop
+has no branch per baseline. The recipe's ``eval.baselines`` lists names
+from :data:`BASELINES`; a new reference policy is one decorated function.
+
+Randomness: :func:`baseline_rng` gives each baseline its own stream under
+the run seed, drawn in request order. Adding a baseline to the recipe, or
+reordering the list, therefore leaves the pages of the others unchanged.
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Callable, Dict, List
 
 import numpy as np
@@ -17,13 +24,27 @@ from pagerl.sim.simulator import Simulator
 Baseline = Callable[[Simulator, Request, np.random.Generator], List[str]]
 BASELINES: Dict[str, Baseline] = {}
 
+# Spawn-key prefix of the evaluation streams under the run seed (the
+# simulator's world uses 0-3 and the synth stage 10-11).
+_EVAL_STREAM = 20
+
 
 def register_baseline(name: str) -> Callable[[Baseline], Baseline]:
+    """Add a reference policy to :data:`BASELINES` under ``name``."""
+
     def add(fn: Baseline) -> Baseline:
+        if name in BASELINES:
+            raise ValueError(f"baseline {name!r} is already registered")
         BASELINES[name] = fn
         return fn
 
     return add
+
+
+def baseline_rng(seed: int, name: str) -> np.random.Generator:
+    """The random stream of baseline ``name`` under the run seed (stable across runs and machines)."""
+    key = zlib.crc32(name.encode("utf-8"))
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_EVAL_STREAM, key)))
 
 
 @register_baseline("random")
@@ -40,7 +61,9 @@ def popularity_page(sim: Simulator, request: Request, rng: np.random.Generator) 
 
 @register_baseline("logging")
 def logging_page(sim: Simulator, request: Request, rng: np.random.Generator) -> List[str]:
-    """A page sampled from the logging policy: what the logs' production system did."""
+    """A fresh page sampled from the logging policy: what the production system that
+    wrote the logs would show (not the logged page itself, so the eval file's own
+    pages are never reused as a method's answer)."""
     return sim.logging_page(request, rng)[0]
 
 
@@ -52,5 +75,8 @@ def greedy_page(sim: Simulator, request: Request, rng: np.random.Generator) -> L
 
 @register_baseline("oracle")
 def oracle_page(sim: Simulator, request: Request, rng: np.random.Generator) -> List[str]:
-    """The page with the highest expected clicks under the simulator: the ceiling."""
-    return list(sim.oracle_page(request))
+    """The page with the highest expected clicks under the simulator: the ceiling.
+
+    Returns the simulator's ``OraclePage`` (a list that also says whether the
+    search was exact), so the stage can report when beam search was used."""
+    return sim.oracle_page(request)

@@ -5,155 +5,361 @@ Every method (the learned policy and the reference policies of
 page is scored by :meth:`pagerl.sim.simulator.Simulator.score_page`, which
 computes expectations under the simulator's ground truth (no sampling noise
 in the metric itself). A method's number is the mean over requests, with its
-standard error over requests, so two methods can be compared with the
-spread the request sample implies.
+standard error over requests (sample standard deviation / sqrt(n)), so two
+methods can be compared with the spread the request sample implies.
+
+Invalid pages (our convention, stated in the report):
+
+- a page the simulator rejects (wrong length, a non-candidate, a repeat) or a
+  missing page (``None``: the learned policy's output could not be parsed)
+  counts as invalid in ``valid_rate`` and scores 0 on ``ndcg``,
+  ``expected_clicks`` and ``expected_gmv`` -- a page that cannot be shown
+  earns nothing, so those means are over all requests;
+- ``diversity`` and ``redundancy`` describe what a page is made of, so they
+  are averaged over the valid pages only (``valid_count`` of them). Scoring
+  an invalid page as 0 there would make invalid output look non-redundant.
 
 Outputs: ``<run_dir>/eval/results.json`` (the table the report reads),
-``<run_dir>/eval/pages.jsonl`` (every page of every method, for inspection),
-and the means in ``metrics.jsonl`` / TensorBoard under stage ``eval``.
+``<run_dir>/eval/pages.jsonl`` (one line per request: every method's page,
+its validity and its scores, for inspection and paired comparisons), and the
+means in ``metrics.jsonl`` / TensorBoard under stage ``eval``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from pagerl.config.schema import RecipeConfig
 from pagerl.data.io import read_impressions
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
-from pagerl.eval.baselines import BASELINES
+from pagerl.eval.baselines import BASELINES, baseline_rng
 from pagerl.sim.simulator import PageScore, Simulator
 from pagerl.sim.world import World
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 
 METRICS = ("ndcg", "expected_clicks", "expected_gmv", "valid_rate", "diversity", "redundancy")
+# Averaged over valid pages only (see the module doc).
+COMPOSITION_METRICS = ("diversity", "redundancy")
+# Reason of a page a method did not produce at all.
+MISSING_PAGE = "no page"
+# Reference policies that know the ground truth: listed after the learned policy.
+CEILINGS = ("greedy", "oracle")
+
+Page = Optional[Sequence[str]]
 
 
-def aggregate(scores: Sequence[PageScore]) -> Dict[str, float]:
-    """Mean and standard error over requests of each metric of :data:`METRICS`."""
-    out: Dict[str, float] = {"count": len(scores)}
-    columns = {
-        "ndcg": [s.ndcg for s in scores],
-        "expected_clicks": [s.expected_clicks for s in scores],
-        "expected_gmv": [s.expected_gmv for s in scores],
-        "valid_rate": [float(s.valid) for s in scores],
-        "diversity": [s.diversity for s in scores],
-        "redundancy": [s.redundancy for s in scores],
-    }
-    for name, values in columns.items():
-        arr = np.asarray(values, dtype=np.float64)
-        out[name] = float(arr.mean()) if len(arr) else math.nan
-        out[f"{name}_se"] = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else math.nan
+class EvalError(PageRLError, ValueError):
+    """The evaluation cannot run as configured (bad input, not a bug)."""
+
+
+# ----------------------------------------------------------------- scoring
+
+
+def score_method(
+    pages: Sequence[Page], requests: Sequence[Request], sim: Simulator, k: Optional[int] = None
+) -> List[PageScore]:
+    """The simulator's exact score of each page (``None``: an invalid "no page")."""
+    if len(pages) != len(requests):
+        raise ValueError(f"{len(pages)} pages for {len(requests)} requests: expected one page per request")
+    scores = []
+    for request, page in zip(requests, pages):
+        if page is None:
+            scores.append(PageScore(0.0, 0.0, 0.0, 0.0, 0.0, valid=False, reason=MISSING_PAGE))
+        else:
+            scores.append(sim.score_page(request, list(page), k=k))
+    return scores
+
+
+def _mean_se(values: Sequence[float]) -> tuple:
+    """Mean and standard error; None where undefined (no values / a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    mean = float(arr.mean()) if len(arr) else None
+    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else None
+    return mean, se
+
+
+def aggregate(scores: Sequence[PageScore]) -> Dict[str, Any]:
+    """Per metric of :data:`METRICS`: ``<metric>`` (mean) and ``<metric>_se``,
+    plus ``count`` (requests) and ``valid_count`` (valid pages).
+
+    Undefined values are None (JSON null), never NaN: ``results.json`` must
+    stay valid JSON for any reader.
+    """
+    valid = [s for s in scores if s.valid]
+    out: Dict[str, Any] = {"count": len(scores), "valid_count": len(valid)}
+    for name in METRICS:
+        if name == "valid_rate":
+            values = [float(s.valid) for s in scores]
+        elif name in COMPOSITION_METRICS:
+            values = [getattr(s, name) for s in valid]
+        else:
+            values = [getattr(s, name) for s in scores]
+        out[name], out[f"{name}_se"] = _mean_se(values)
     return out
 
 
 def evaluate(
-    pages_by_method: Dict[str, Sequence[Optional[Sequence[str]]]],
+    policies: Mapping[str, Sequence[Page]],
     requests: Sequence[Request],
     sim: Simulator,
     k: Optional[int] = None,
-) -> Dict[str, Dict[str, float]]:
-    """Score every method's pages (``None`` = no page: scored as an invalid empty page)."""
-    table: Dict[str, Dict[str, float]] = {}
-    for method, pages in pages_by_method.items():
+) -> Dict[str, Dict[str, Any]]:
+    """``{method: aggregate(...)}`` for each method's pages (one per request, None = no page).
+
+    ``k`` is the NDCG cut-off passed to ``score_page`` (None: the page size).
+    """
+    table: Dict[str, Dict[str, Any]] = {}
+    for method, pages in policies.items():
         if len(pages) != len(requests):
             raise ValueError(f"method {method!r} has {len(pages)} pages for {len(requests)} requests")
-        scores = [sim.score_page(req, list(page) if page is not None else [], k=k)
-                  for req, page in zip(requests, pages)]
-        table[method] = aggregate(scores)
+        table[method] = aggregate(score_method(pages, requests, sim, k=k))
     return table
 
 
-def heldout_requests(recipe: RecipeConfig, run_dir: Path) -> List[Request]:
-    files = list(recipe.data.eval_files) or [str(run_dir / "data" / "eval.jsonl")]
+# ------------------------------------------------------------------- stage
+
+
+@dataclass
+class MethodPages:
+    """One method's pages, plus why the ones it could not produce are missing."""
+
+    pages: List[Page]
+    # Per request: the generation's parse result, for a learned policy only.
+    generation: List[Dict[str, Any]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def heldout_requests(recipe: Any, run_dir: Path) -> List[Request]:
+    """The first ``eval.num_requests`` requests (0: all) of the eval data files.
+
+    Files: ``data.eval_files``, or ``<run_dir>/data/eval.jsonl`` (what the
+    synth stage writes) when that list is empty.
+    """
+    files = list(recipe.data.eval_files) or [str(Path(run_dir) / "data" / "eval.jsonl")]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        key = "data.eval_files" if recipe.data.eval_files else "the synth stage's output"
+        raise EvalError(f"{key}: held-out data file(s) not found: {', '.join(missing)}")
     loaded = read_impressions(files, on_bad_row=recipe.data.on_bad_row,
                               max_bad_fraction=recipe.data.max_bad_fraction)
     print(f"[eval] {loaded.summary}", flush=True)
-    requests = [imp.request for imp in loaded.impressions][: recipe.eval.num_requests]
+    limit = int(recipe.eval.num_requests)
+    if limit < 0:
+        raise EvalError(f"eval.num_requests: expected 0 (all) or a positive count, got {limit}")
+    requests = [imp.request for imp in loaded.impressions]
+    if limit:
+        requests = requests[:limit]
     if not requests:
-        raise PageRLError(f"{', '.join(files)}: no held-out requests to evaluate (eval.num_requests="
-                          f"{recipe.eval.num_requests})")
+        raise EvalError(f"{', '.join(files)}: no held-out requests to evaluate")
     return requests
 
 
-def policy_pages(recipe: RecipeConfig, model_dir: str, requests: Sequence[Request]) -> List[Any]:
-    """Pages of a saved policy for ``requests``, decoded as ``eval.*`` says, with progress."""
+def policy_pages(recipe: Any, model_dir: str, requests: Sequence[Request]) -> MethodPages:
+    """Pages of a saved policy for ``requests``, decoded as ``eval.*`` says.
+
+    The checkpoint directory holds the model (safetensors) and the tokenizer
+    it was trained with, whose stored serialization settings make the prompts
+    exactly those of training. An invalid generated page (possible only with
+    ``eval.constrained: false``) becomes None for scoring; its parsed prefix
+    and the parser's reason are kept for ``pages.jsonl``.
+    """
     from pagerl.models.build import load_policy
     from pagerl.models.generate import generate_pages
     from pagerl.tokenization.tokenizer import load_policy_tokenizer
 
     model = load_policy(model_dir, recipe.model)
-    model.eval()
     tokenizer = load_policy_tokenizer(model_dir)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise EvalError(
+            f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings; "
+            "was the tokenizer saved with this checkpoint?"
+        )
     e = recipe.eval
-    progress = Progress("eval", total=len(requests))
-    out: List[Any] = []
+    progress = Progress("eval", total=len(requests), every_s=recipe.tracking.progress_every_s)
+    generated: List[Any] = []
+    # Chunks of batch_size only to report progress; each chunk has its own
+    # seed so the pages do not depend on how far another chunk sampled.
     for start in range(0, len(requests), e.batch_size):
         chunk = list(requests[start : start + e.batch_size])
-        out.extend(generate_pages(model, tokenizer, chunk, greedy=e.decoding == "greedy",
-                                  temperature=e.temperature, constrained=e.constrained,
-                                  batch_size=e.batch_size, seed=recipe.run.seed + start))
-        progress.update(len(out))
-    return out
+        generated.extend(generate_pages(model, tokenizer, chunk, greedy=e.decoding == "greedy",
+                                        temperature=e.temperature, constrained=e.constrained,
+                                        batch_size=e.batch_size, seed=recipe.run.seed + start))
+        progress.update(len(generated))
+    return MethodPages(
+        pages=[list(g.item_ids) if g.valid else None for g in generated],
+        generation=[{"items": list(g.item_ids), "valid": g.valid, "reason": g.reason, "detail": g.detail}
+                    for g in generated],
+    )
+
+
+def baseline_pages(name: str, sim: Simulator, requests: Sequence[Request], seed: int,
+                   every_s: float = 10.0) -> MethodPages:
+    """Pages of one registered baseline, from its own random stream."""
+    fn, rng = BASELINES[name], baseline_rng(seed, name)
+    progress = Progress(f"eval {name}", total=len(requests), every_s=every_s)
+    pages: List[Page] = []
+    inexact = 0
+    for request in requests:
+        page = fn(sim, request, rng)
+        inexact += getattr(page, "exact", True) is False
+        pages.append(list(page))
+        progress.update(len(pages))
+    notes = []
+    if inexact:
+        notes.append(f"`{name}`: {inexact} of {len(requests)} pages came from beam search, "
+                     "not an exhaustive search (not proven optimal).")
+    return MethodPages(pages=pages, notes=notes)
+
+
+def _check_methods(recipe: Any, model_dir: Optional[str], policy_name: str) -> List[str]:
+    """The baselines to run, checked before any expensive work."""
+    names = [str(b) for b in recipe.eval.baselines]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise EvalError(f"eval.baselines: unknown baseline(s) {unknown}; known: {', '.join(sorted(BASELINES))}")
+    if len(set(names)) != len(names):
+        raise EvalError(f"eval.baselines: a baseline is listed twice: {names}")
+    if model_dir is not None and policy_name in names:
+        raise EvalError(f"policy name {policy_name!r} is also a baseline name in eval.baselines")
+    if model_dir is None and not names:
+        raise EvalError("nothing to evaluate: no policy checkpoint and eval.baselines is empty")
+    return names
+
+
+def _method_order(baselines: Sequence[str], learned: Optional[str]) -> List[str]:
+    """Floors first, then the learned policy, then the ground-truth ceilings."""
+    floors = [b for b in baselines if b not in CEILINGS]
+    ceilings = [b for b in baselines if b in CEILINGS]
+    return floors + ([learned] if learned else []) + ceilings
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _page_record(page: Page, score: PageScore, generation: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    record: Dict[str, Any] = {
+        "items": list(page) if page is not None else None,
+        "valid": score.valid,
+        "reason": score.reason,
+        "ndcg": score.ndcg,
+        "expected_clicks": score.expected_clicks,
+        "expected_gmv": score.expected_gmv,
+    }
+    if generation is not None:
+        # What the model produced, even when it was no valid page.
+        record.update(items=generation["items"], generation_reason=generation["reason"],
+                      generation_detail=generation["detail"])
+    return record
 
 
 def run_eval_stage(
-    recipe: RecipeConfig, run_dir: Path, model_dir: Optional[str] = None, policy_name: str = "sft"
+    recipe: Any,
+    run_dir: str | os.PathLike,
+    model_dir: Optional[str] = None,
+    policy_name: str = "sft",
+    step: int = 0,
 ) -> Dict[str, Any]:
-    """Evaluate the policy in ``model_dir`` (if any) and the recipe's baselines; write and return the table."""
+    """Evaluate the policy in ``model_dir`` (if any) and ``eval.baselines``; write and return the results.
+
+    The simulator is rebuilt from ``(recipe.sim, recipe.run.seed)``, the world
+    the held-out data must come from (a request from another world is
+    refused by the simulator with a message saying so). ``step`` is the
+    metrics step of the logged aggregates (e.g. the policy's training step).
+    """
     run_dir = Path(run_dir)
+    learned = policy_name if model_dir is not None else None
+    baselines = _check_methods(recipe, model_dir, policy_name)
     requests = heldout_requests(recipe, run_dir)
     sim = Simulator(World.from_config(recipe.sim, recipe.run.seed))
-    k = recipe.eval.ndcg_k or None
-    pages: Dict[str, List[Optional[List[str]]]] = {}
-    details: Dict[str, List[Dict[str, Any]]] = {}
-    if model_dir is not None:
-        generated = policy_pages(recipe, model_dir, requests)
-        pages[policy_name] = [g.item_ids if g.valid else None for g in generated]
-        details[policy_name] = [{"valid": g.valid, "reason": g.reason} for g in generated]
-    rng = np.random.default_rng([recipe.run.seed, 7])  # a stream of its own: eval is repeatable
-    for name in recipe.eval.baselines:
-        if name not in BASELINES:
-            raise PageRLError(f"eval.baselines: unknown baseline {name!r}; known: {', '.join(sorted(BASELINES))}")
-        pages[name] = [BASELINES[name](sim, req, rng) for req in requests]
+    for request in requests:
+        # Fails fast, before any generation, on data from another world.
+        sim.resolve(request)
+    k = int(recipe.eval.ndcg_k) or None
 
-    table = evaluate(pages, requests, sim, k=k)
-    results = {
+    produced: Dict[str, MethodPages] = {}
+    if learned:
+        produced[learned] = policy_pages(recipe, str(model_dir), requests)
+    for name in baselines:
+        produced[name] = baseline_pages(name, sim, requests, recipe.run.seed, recipe.tracking.progress_every_s)
+    order = _method_order(baselines, learned)
+    scores = {name: score_method(produced[name].pages, requests, sim, k=k) for name in order}
+    if learned:
+        # A missing learned page is invalid for the parser's reason (duplicate, no_eos, ...).
+        scores[learned] = [
+            dataclasses.replace(s, reason=g["reason"]) if page is None else s
+            for s, g, page in zip(scores[learned], produced[learned].generation, produced[learned].pages)
+        ]
+    table = {name: aggregate(scores[name]) for name in order}
+
+    page_sizes = {r.page_size for r in requests}
+    invalid = {name: dict(Counter(s.reason for s in scores[name] if not s.valid)) for name in order}
+    results: Dict[str, Any] = {
         "methods": table,
-        "k": k or recipe.sim.page_size,
+        "k": k or (page_sizes.pop() if len(page_sizes) == 1 else None),
         "num_requests": len(requests),
-        "decoding": recipe.eval.decoding,
-        "constrained": recipe.eval.constrained,
-        "model_dir": model_dir,
+        "policy_name": learned,
+        "model_dir": str(model_dir) if model_dir is not None else None,
+        "decoding": str(recipe.eval.decoding),
+        "temperature": float(recipe.eval.temperature),
+        "constrained": bool(recipe.eval.constrained),
+        "seed": int(recipe.run.seed),
+        "invalid_reasons": {name: counts for name, counts in invalid.items() if counts},
+        "notes": [note for name in order for note in produced[name].notes],
     }
+
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    with open(out / "pages.jsonl", "w") as f:
-        for i, req in enumerate(requests):
-            row = {"request_id": req.request_id,
-                   "pages": {name: pages[name][i] for name in pages}}
-            for name, det in details.items():
-                row[f"{name}_decoding"] = det[i]
-            f.write(json.dumps(row) + "\n")
-    with MetricsLogger(run_dir, jsonl=recipe.tracking.jsonl, tensorboard=recipe.tracking.tensorboard) as log:
-        log.log("eval", 0, {f"{m}/{metric}": row[metric] for m, row in table.items() for metric in METRICS})
-    print(_format_table(table), flush=True)
+    _write_json(out / "results.json", results)
+    tmp = out / "pages.jsonl.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        for i, request in enumerate(requests):
+            row = {"request_id": request.request_id, "pages": {}}
+            for name in order:
+                generation = produced[name].generation[i] if produced[name].generation else None
+                row["pages"][name] = _page_record(produced[name].pages[i], scores[name][i], generation)
+            handle.write(json.dumps(row, allow_nan=False) + "\n")
+    tmp.replace(out / "pages.jsonl")
+
+    with MetricsLogger.from_config(run_dir, recipe.tracking) as logger:
+        logger.log("eval", step, {f"{name}/{metric}": row[metric]
+                                  for name, row in table.items() for metric in METRICS
+                                  if row[metric] is not None})
+    print(format_table(table, results["k"]), flush=True)
     return results
 
 
-def _format_table(table: Dict[str, Dict[str, float]]) -> str:
-    head = f"{'method':<12}" + "".join(f"{m:>17}" for m in METRICS)
-    lines = [head]
+def format_table(table: Mapping[str, Mapping[str, Any]], k: Optional[int] = None) -> str:
+    """The means as a fixed-width text table, for the console."""
+    heads = [f"ndcg@{k}" if m == "ndcg" and k else m for m in METRICS]
+    width = max(12, *(len(name) + 2 for name in table))
+    lines = [f"{'method':<{width}}" + "".join(f"{h:>17}" for h in heads)]
     for name, row in table.items():
-        lines.append(f"{name:<12}" + "".join(f"{row[m]:>17.4f}" for m in METRICS))
+        cells = "".join(f"{row[m]:>17.4f}" if row[m] is not None else f"{'-':>17}" for m in METRICS)
+        lines.append(f"{name:<{width}}" + cells)
     return "\n".join(lines)
 
 
-__all__ = ["aggregate", "evaluate", "run_eval_stage", "METRICS"]
+__all__ = [
+    "METRICS",
+    "EvalError",
+    "aggregate",
+    "evaluate",
+    "format_table",
+    "heldout_requests",
+    "run_eval_stage",
+    "score_method",
+]

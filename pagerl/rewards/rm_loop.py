@@ -39,7 +39,7 @@ from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 from pagerl.train.batching import Schedule, micro_batches
-from pagerl.train.engine import ZeroPolicy, lr_at, remove_dir, scratch_dir
+from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint
 from pagerl.train.sft_loop import WORKER_STDERR
 
 
@@ -151,17 +151,17 @@ def rm_worker(config: Dict[str, Any]) -> None:
 
         done = policy.state.step
         if done % s.log_every == 0 or done == stop_at:
-            means = {name: _all_mean(window[name] / max(1, window["n"])) for name in names}
+            means = {name: all_mean(window[name] / max(1, window["n"])) for name in names}
             elapsed = time.perf_counter() - window["t0"]
             row = {**means, "lr": lr, "grad_norm": policy.grad_norm(),
-                   "pairs_per_s": _all_sum(window["n"] * s.micro_batch_size * s.grad_accum_steps) / max(elapsed, 1e-9),
+                   "pairs_per_s": all_sum(window["n"] * s.micro_batch_size * s.grad_accum_steps) / max(elapsed, 1e-9),
                    "epoch": done / schedule.steps_per_epoch}
             metrics.log("rm", done, row)
             progress.update(done, {"loss": means["loss"], "page_acc": means["page_acc"],
                                    "item_acc": means["item_acc"]})
             window = _new_window(names)
         if done % s.checkpoint_every == 0 or done == stop_at:
-            _checkpoint(policy, tokenizer, schedule, done)
+            report_checkpoint(policy, tokenizer, done, schedule.total_steps, schedule.steps_per_epoch, "rm")
 
     if start >= stop_at:  # nothing left to train: report the checkpoint we resumed from
         ray.train.report({"step": start, "finished": int(start >= schedule.total_steps)})
@@ -173,28 +173,3 @@ def _new_window(names: Sequence[str]) -> Dict[str, float]:
     window["n"] = 0
     window["t0"] = time.perf_counter()
     return window
-
-
-def _checkpoint(policy: ZeroPolicy, tokenizer: Any, schedule: Schedule, step: int) -> None:
-    directory = scratch_dir(f"pagerl-rm-ckpt-{step}-")
-    try:
-        policy.save(directory, tokenizer, {"total_steps": schedule.total_steps,
-                                          "steps_per_epoch": schedule.steps_per_epoch})
-        ray.train.report(
-            {"step": step, "finished": int(step >= schedule.total_steps)},
-            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-        )
-    finally:
-        remove_dir(directory)
-
-
-def _all_mean(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t.item() / torch.distributed.get_world_size())
-
-
-def _all_sum(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t.item())

@@ -263,15 +263,8 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 def export_reward_model(checkpoint_dir: Path, target: Path) -> None:
-    """Copy the model part of a checkpoint (config, weights, heads, tokenizer) to ``target``."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in EXPORT_FILES:
-        if (checkpoint_dir / name).is_file():
-            shutil.copy2(checkpoint_dir / name, tmp / name)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    """Publish the model part of a checkpoint (config, weights, heads, tokenizer) as ``target``."""
+    ckpt.export_files(checkpoint_dir, target, EXPORT_FILES)
 
 
 def _print_quality(quality: Dict[str, Any]) -> None:

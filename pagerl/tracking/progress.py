@@ -6,11 +6,12 @@ prints whole lines, rate-limited, e.g.::
 
     [sft] step 40/300 (13%) loss=1.234 12.3 it/s eta 0:00:21
 
-A line is printed at the first update, then at most once every
-``every_s`` seconds, and always for the last step (so a log shows how a
-loop ended). Rate and ETA are measured from the first update, so the
-time a loop spends before its first step (model load, compilation) does
-not distort them. The clock is injectable so tests need not sleep.
+A line is printed at most once every ``every_s`` seconds (counted from
+the reporter's creation, so a loop that finishes quickly prints one line,
+not two), and always for the last step, so a log shows how every loop
+ended. Rate and ETA are measured from the first update, so the time a loop
+spends before its first step (model load, compilation) does not distort
+them. The clock is injectable so tests need not sleep.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Progress:
         self.enabled = enabled
         self._start_time: Optional[float] = None
         self._start_step = 0
-        self._last_print: Optional[float] = None
+        # Throttling starts at creation: the first line comes after every_s.
+        self._last_print = clock()
         self.lines_printed = 0
 
     def update(self, step: int, metrics: Optional[Mapping[str, float]] = None) -> Optional[str]:
@@ -55,7 +57,7 @@ class Progress:
             # The first update is the reference point of rate and ETA.
             self._start_time, self._start_step = now, step
         is_last = self.total is not None and step >= self.total
-        due = self._last_print is None or now - self._last_print >= self.every_s
+        due = now - self._last_print >= self.every_s
         if not (due or is_last):
             return None
         line = self.format_line(step, now, metrics or {})
@@ -78,10 +80,19 @@ class Progress:
         done = step - self._start_step
         if elapsed > 0 and done > 0:
             rate = done / elapsed
-            parts.append(f"{rate:.3g} it/s" if rate >= 1 else f"{1 / rate:.3g} s/it")
+            parts.append(_format_rate(rate))
             if self.total is not None and step < self.total:
                 parts.append(f"eta {_format_seconds((self.total - step) / rate)}")
         return " ".join(parts)
+
+
+def _format_rate(rate: float) -> str:
+    """``12.3 it/s``, ``1520 it/s`` or, for slow loops, ``4.2 s/it``."""
+    if rate >= 100:
+        return f"{rate:.0f} it/s"
+    if rate >= 1:
+        return f"{rate:.3g} it/s"
+    return f"{1 / rate:.3g} s/it"
 
 
 def _format_value(value: float) -> str:

@@ -48,17 +48,21 @@ EVAL_COLUMNS = (
 )
 # How each evaluation number is computed (shown under the table).
 EVAL_EXPLANATIONS = {
-    "ndcg": "NDCG@k of the page against the simulator's true relevance of the "
-    "request's candidates (`PageScore.ndcg` from `pagerl.sim.Simulator.score_page(request, page, k=k)`)",
+    "ndcg": "NDCG@k with the candidate's true relevance p(u, i) (click probability when "
+    "examined, before page effects) as gain and 1/log2(slot + 2) as discount, against the "
+    "ideal ordering of all the request's candidates (`PageScore.ndcg`)",
     "expected_clicks": "exact expected number of clicks on the page under the simulator's "
-    "click model: position bias, cascade stopping and the page-level diversity/redundancy "
-    "effects (`PageScore.expected_clicks`)",
-    "expected_gmv": "exact expected gross merchandise value: click and purchase "
-    "probabilities times item prices (`PageScore.expected_gmv`)",
+    "cascade click model with position bias and the page-level diversity bonus and "
+    "redundancy penalty (`PageScore.expected_clicks`)",
+    "expected_gmv": "exact expected gross merchandise value: per slot, the probability of "
+    "reaching and clicking it times P(purchase | click) times the item's price "
+    "(`PageScore.expected_gmv`)",
     "valid_rate": "share of requests whose page was valid: K distinct candidates of the "
     "request (`PageScore.valid`; a missing page counts as invalid)",
-    "diversity": "category diversity of the page (`PageScore.diversity`)",
-    "redundancy": "near-duplicate content on the page (`PageScore.redundancy`)",
+    "diversity": "distinct categories on the page / K (`PageScore.diversity`); "
+    "over valid pages only",
+    "redundancy": "share of the K - 1 lower slots holding an item with a near-duplicate "
+    "above it (`PageScore.redundancy`); over valid pages only",
 }
 
 
@@ -242,7 +246,8 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
         cells.append(_fmt(row.get("count", "")))
         rows.append(cells)
     context = ", ".join(
-        f"{key}={_fmt(results[key])}" for key in results if key != "methods" and not isinstance(results[key], (dict, list))
+        f"{key}={_fmt(results[key])}" for key in results
+        if key != "methods" and results[key] is not None and not isinstance(results[key], (dict, list))
     )
     lines = [f"## {title}", "", f"Held-out requests scored by the simulator's ground truth ({context}).", ""]
     lines += _table(header, rows)
@@ -256,9 +261,9 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
         "`pagerl.eval.evaluate.evaluate` averages each score over the requests "
         "(`n` = number of requests) and gives `mean ± standard error` "
         "(sample standard deviation / sqrt(n)).",
-        "- A method that produced no page for a request (e.g. unparseable unconstrained "
-        "output) scores 0 on ndcg, expected clicks and GMV and counts as invalid; "
-        "diversity and redundancy are averaged over the pages that exist.",
+        "- An invalid page (rejected by the simulator, or none at all, e.g. unparseable "
+        "unconstrained output) counts against `valid_rate` and scores 0 on ndcg, expected "
+        "clicks and GMV; diversity and redundancy are averaged over the valid pages only.",
     ]
     for m in metric_names:
         if m in EVAL_EXPLANATIONS:
@@ -266,12 +271,18 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
     notes = results.get("notes")
     if isinstance(notes, list):
         lines += [f"- {n}" for n in notes if isinstance(n, str)]
+    invalid = results.get("invalid_reasons")
+    if isinstance(invalid, dict) and invalid:
+        lines += ["", "Invalid pages by reason:", ""]
+        rows = [[f"`{name}`", ", ".join(f"{reason}: {count}" for reason, count in counts.items())]
+                for name, counts in invalid.items() if isinstance(counts, dict)]
+        lines += _table(["method", "reasons"], rows)
     return "\n".join(lines)
 
 
 def _is_metric(key: str) -> bool:
     """Columns of the table: means, not their standard errors or bookkeeping."""
-    return not key.endswith("_se") and key not in {"count", "scored"}
+    return not key.endswith("_se") and key not in {"count", "valid_count"}
 
 
 # ---------------------------------------------------------------- plots
@@ -329,11 +340,13 @@ def _number(value: Any) -> Optional[float]:
 
 
 def _mean_se(mean: Any, se: Any) -> str:
-    if mean is None:
-        return ""
-    text = _fmt(mean)
+    """``0.512 ± 0.010``: fixed decimals so a column of means lines up."""
+    value = _number(mean)
+    if value is None:
+        return "" if mean is None else _fmt(mean)
+    text = f"{value:.3f}"
     if _number(se) is not None:
-        text += f" ± {_fmt(se)}"
+        text += f" ± {_number(se):.3f}"
     return text
 
 

@@ -204,6 +204,38 @@ class ZeroPolicy:
         torch_dist.barrier()
 
 
+def report_checkpoint(policy: "ZeroPolicy", tokenizer: Any, step: int, total_steps: int,
+                      steps_per_epoch: int, prefix: str) -> None:
+    """Save a checkpoint of every rank into a scratch dir and hand it to Ray Train. Collective.
+
+    Ray Train merges the ranks' directories into one ``checkpoint_*`` of the
+    stage's storage, which is where a restarted worker group resumes from.
+    """
+    import ray.train
+
+    directory = scratch_dir(f"pagerl-{prefix}-ckpt-{step}-")
+    try:
+        policy.save(directory, tokenizer, {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch})
+        ray.train.report(
+            {"step": step, "finished": int(step >= total_steps)},
+            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+        )
+    finally:
+        remove_dir(directory)
+
+
+def all_mean(value: float) -> float:
+    """Mean of a per-rank number over the process group."""
+    return all_sum(value) / torch_dist.get_world_size()
+
+
+def all_sum(value: float) -> float:
+    """Sum of a per-rank number over the process group."""
+    t = torch.tensor([value], dtype=torch.float64)
+    torch_dist.all_reduce(t)
+    return float(t.item())
+
+
 def scratch_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 

@@ -111,13 +111,5 @@ def run_sft_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Imp
 
 
 def export_hf(checkpoint_dir: Path, target: Path) -> None:
-    """Copy the Hugging Face part of a checkpoint (config, safetensors, tokenizer) to ``target``."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in HF_FILES:
-        if (checkpoint_dir / name).is_file():
-            shutil.copy2(checkpoint_dir / name, tmp / name)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-
+    """Publish the Hugging Face part of a checkpoint (config, safetensors, tokenizer) as ``target``."""
+    ckpt.export_files(checkpoint_dir, target, HF_FILES)

@@ -20,14 +20,13 @@ import torch
 import transformers
 
 from pagerl.config.schema import RecipeConfig
-from pagerl.distributed import checkpoint as ckpt
 from pagerl.models.build import load_policy
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.models.logprobs import CausalLMLogprobs
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 from pagerl.train.batching import Schedule, collate, micro_batches
-from pagerl.train.engine import ZeroPolicy, lr_at, remove_dir, scratch_dir
+from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint
 
 
 class _WorkerStderr:
@@ -121,8 +120,8 @@ def sft_worker(config: Dict[str, Any]) -> None:
 
         done = policy.state.step
         if done % s.log_every == 0 or done == stop_at:
-            mean_loss = _all_mean(window["loss"] / max(1, window["n"]))
-            tokens = _all_sum(window["tokens"])
+            mean_loss = all_mean(window["loss"] / max(1, window["n"]))
+            tokens = all_sum(window["tokens"])
             elapsed = time.perf_counter() - window["t0"]
             if rank == 0:
                 row = {"loss": mean_loss, "lr": lr, "grad_norm": policy.grad_norm(),
@@ -132,7 +131,7 @@ def sft_worker(config: Dict[str, Any]) -> None:
                 progress.update(done, {"loss": mean_loss})
             window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter()}
         if done % s.checkpoint_every == 0 or done == stop_at:
-            _checkpoint(policy, tokenizer, schedule, done, stop_at)
+            report_checkpoint(policy, tokenizer, done, schedule.total_steps, schedule.steps_per_epoch, "sft")
 
     if start >= stop_at:  # nothing left to train: report the checkpoint we resumed from
         ray.train.report({"step": start, "finished": int(start >= schedule.total_steps)})
@@ -140,29 +139,7 @@ def sft_worker(config: Dict[str, Any]) -> None:
         metrics.close()
 
 
-def _checkpoint(policy: ZeroPolicy, tokenizer: Any, schedule: Schedule, step: int, stop_at: int) -> None:
-    directory = scratch_dir(f"pagerl-ckpt-{step}-")
-    try:
-        policy.save(directory, tokenizer, {"total_steps": schedule.total_steps,
-                                          "steps_per_epoch": schedule.steps_per_epoch})
-        ray.train.report(
-            {"step": step, "finished": int(step >= schedule.total_steps)},
-            checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-        )
-    finally:
-        remove_dir(directory)
 
 
-def _all_mean(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t.item() / torch.distributed.get_world_size())
 
-
-def _all_sum(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t.item())
-
-
-__all__ = ["sft_worker", "weighted_nll", "ckpt"]
+__all__ = ["sft_worker", "weighted_nll"]

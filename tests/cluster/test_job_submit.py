@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -57,13 +58,17 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower()
 
-    submit = subprocess.run(
-        ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--", "pagerl", "run", "recipes/ci_small.yaml", f"run.output_dir={out}", "sft.max_steps=2",
-         "sft.checkpoint_every=2", "eval.num_requests=10", "sim.num_train_requests=200"],
-        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )
-    log = submit.stdout + submit.stderr
+    command = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
+               "--", "pagerl", "run", "recipes/ci_small.yaml", f"run.output_dir={out}", "sft.max_steps=2",
+               "sft.checkpoint_every=2", "eval.num_requests=10", "sim.num_train_requests=200"]
+    # The head answers before its job agent is up ("No available agent to submit job"):
+    # wait for the agent, a bounded number of times, as a user would.
+    for _ in range(30):
+        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        log = submit.stdout + submit.stderr
+        if "No available agent" not in log:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, log[-4000:]
     assert "succeeded" in log.lower()
     run_dir = out / "ci_small"

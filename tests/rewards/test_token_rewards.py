@@ -5,6 +5,7 @@ the running moments (merge, all-reduce across two gloo ranks, checkpoint)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 import os
 
@@ -204,9 +205,13 @@ def _rank(rank: int, world: int, store: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def test_all_reduce_merge_over_two_gloo_ranks(tmp_path):
+def test_all_reduce_merge_over_two_gloo_ranks(tmp_path, monkeypatch):
+    # Spawned ranks import this module by the name pytest gave it
+    # (tests.rewards.test_token_rewards); they inherit sys.path, so put the
+    # repository root on it for them.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    x = torch.cat([torch.load(tmp_path / f"x{r}.pt") for r in range(2)])
+    x = torch.cat([torch.load(tmp_path / f"x{r}.pt", weights_only=True) for r in range(2)])
     truth = RunningMoments.of(x)
     answers = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2)]
     assert answers[0] == answers[1], "every rank must hold the same moments"
