@@ -154,18 +154,35 @@ def _data_section(stats: Optional[Any]) -> str:
         raise ValueError(f"data/stats.json: expected a JSON object, got {type(stats).__name__}")
     if not stats:
         return _skipped(title, "`data/stats.json` is empty")
-    lines = [f"## {title}", "", "From `data/stats.json`:", ""]
-    if all(isinstance(v, Mapping) for v in stats.values()):
-        # One column per part (e.g. train / eval), one row per statistic.
-        parts = list(stats)
-        flats = {p: _flatten(stats[p]) for p in parts}
-        keys = _union_keys(flats[p] for p in parts)
-        rows = [[k] + [_fmt(flats[p].get(k, "")) for p in parts] for k in keys]
-        lines += _table(["statistic"] + parts, rows)
-    else:
-        rows = [[k, _fmt(v)] for k, v in _flatten(stats).items()]
-        lines += _table(["statistic", "value"], rows)
+    lines = [f"## {title}", "", "From `data/stats.json`:"]
+    if _is_per_part(stats):
+        lines += ["", *_parts_table(stats)]
+        return "\n".join(lines)
+    # Per-part groups (e.g. "stats": {"train": {...}, "eval": {...}}) get a
+    # column per part; everything else goes in one key/value table.
+    rest = {}
+    for key, value in stats.items():
+        if _is_per_part(value):
+            lines += ["", f"`{key}`:", "", *_parts_table(value)]
+        else:
+            rest[key] = value
+    if rest:
+        lines += ["", *_table(["statistic", "value"], [[k, _fmt(v)] for k, v in _flatten(rest).items()])]
     return "\n".join(lines)
+
+
+def _is_per_part(value: Any) -> bool:
+    """A non-empty mapping whose values are all mappings: statistics per part."""
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, Mapping) for v in value.values())
+
+
+def _parts_table(parts: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """One column per part (e.g. train / eval), one row per statistic."""
+    names = list(parts)
+    flats = {p: _flatten(parts[p]) for p in names}
+    keys = _union_keys(flats[p] for p in names)
+    rows = [[k] + [_fmt(flats[p].get(k, "")) for p in names] for k in keys]
+    return _table(["statistic"] + names, rows)
 
 
 def _sft_section(run_dir: Path, plots: Path) -> str:

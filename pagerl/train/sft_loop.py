@@ -96,7 +96,8 @@ def sft_worker(config: Dict[str, Any]) -> None:
         stop_at = min(stop_at, start + s.stop_after_steps)
 
     metrics = MetricsLogger(run_dir, jsonl=recipe.tracking.jsonl, tensorboard=recipe.tracking.tensorboard) if rank == 0 else None
-    progress = Progress("sft", total=schedule.total_steps, stream=WORKER_STDERR) if rank == 0 else None
+    progress = (Progress("sft", total=schedule.total_steps, every_s=recipe.tracking.progress_every_s,
+                         stream=WORKER_STDERR) if rank == 0 else None)
     if rank == 0 and start > 0:
         WORKER_STDERR.write(f"[sft] resumed from {resume_dir} at step {start}/{schedule.total_steps}\n")
 

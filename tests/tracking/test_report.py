@@ -135,3 +135,12 @@ def test_malformed_inputs_raise_naming_the_file(tmp_path):
         write_report(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         write_report(tmp_path / "nope")
+
+
+def test_mixed_data_stats_get_a_per_part_table_and_a_key_value_table(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "stats.json").write_text(json.dumps(
+        {"stats": {"train": {"rows": 400}, "eval": {"rows": 40}}, "loaded_rows": 400, "seconds": 1.25}))
+    data = _section(write_report(tmp_path).read_text(), "Data")
+    assert "`stats`:\n\n| statistic | train | eval |\n|-----------|-------|------|\n| rows      | 400   | 40   |" in data
+    assert "| loaded_rows | 400   |" in data and "| seconds     | 1.25  |" in data
