@@ -24,14 +24,12 @@ The losses (our design; the paper only says "Bradley-Terry on the pairs"):
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import ray
 import ray.train
 import torch
 import torch.nn.functional as F
-import transformers
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.rewards.models import RewardModel, pack_sequences
@@ -39,7 +37,7 @@ from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 from pagerl.train.batching import Schedule, micro_batches
-from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint
+from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker
 from pagerl.train.sft_loop import WORKER_STDERR
 
 
@@ -90,22 +88,9 @@ def rm_losses(model_out, batch: Dict[str, torch.Tensor], rm_cfg: Any) -> Dict[st
 
 
 def rm_worker(config: Dict[str, Any]) -> None:
-    recipe: RecipeConfig = config["recipe"]
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    run_dir = Path(config["run_dir"])
-    examples = ray.get(config["examples_ref"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(recipe.run.seed)
-    torch.set_num_threads(max(1, int(recipe.distributed.cpus_per_worker)))
-
-    resume_dir = None
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        resume_dir = Path(resumed.path)
-    elif config.get("resume_from"):
-        resume_dir = Path(config["resume_from"])
+    w = setup_stage_worker(config)
+    recipe: RecipeConfig = w.recipe
+    run_dir, examples, rank, world, resume_dir = w.run_dir, w.examples, w.rank, w.world_size, w.resume_dir
 
     s = recipe.rm
     model = RewardModel.from_pretrained(config["init_dir"], dtype=recipe.model.dtype,

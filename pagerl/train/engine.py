@@ -204,6 +204,43 @@ class ZeroPolicy:
         torch_dist.barrier()
 
 
+@dataclass
+class StageWorker:
+    """What every stage's worker loop starts from (see :func:`setup_stage_worker`)."""
+
+    recipe: Any
+    run_dir: Path
+    examples: Any
+    rank: int
+    world_size: int
+    resume_dir: Optional[Path]
+
+
+def setup_stage_worker(config: Dict[str, Any]) -> StageWorker:
+    """Common start of a Ray Train worker loop launched by :func:`pagerl.distributed.launch.fit_stage`.
+
+    Quiets transformers' per-file progress bars (they drown the step
+    progress), seeds torch, sizes its thread pool to the worker's CPUs, and
+    picks the checkpoint to resume from: the one Ray Train hands a restarted
+    worker group first, else the one the driver found in the run directory.
+    """
+    import ray
+    import ray.train
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    recipe = config["recipe"]
+    ctx = ray.train.get_context()
+    torch.manual_seed(recipe.run.seed)
+    torch.set_num_threads(max(1, int(recipe.distributed.cpus_per_worker)))
+    resumed = ray.train.get_checkpoint()
+    resume_dir = Path(resumed.path) if resumed is not None else (
+        Path(config["resume_from"]) if config.get("resume_from") else None)
+    return StageWorker(recipe, Path(config["run_dir"]), ray.get(config["examples_ref"]),
+                       ctx.get_world_rank(), ctx.get_world_size(), resume_dir)
+
+
 def report_checkpoint(policy: "ZeroPolicy", tokenizer: Any, step: int, total_steps: int,
                       steps_per_epoch: int, prefix: str) -> None:
     """Save a checkpoint of every rank into a scratch dir and hand it to Ray Train. Collective.

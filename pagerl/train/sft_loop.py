@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict
 
 import ray
 import ray.train
 import torch
-import transformers
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.models.build import load_policy
@@ -26,7 +24,7 @@ from pagerl.models.logprobs import CausalLMLogprobs
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 from pagerl.train.batching import Schedule, collate, micro_batches
-from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint
+from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker
 
 
 class _WorkerStderr:
@@ -62,21 +60,9 @@ def weighted_nll(logprobs: torch.Tensor, labels: torch.Tensor, weight: torch.Ten
 
 
 def sft_worker(config: Dict[str, Any]) -> None:
-    recipe: RecipeConfig = config["recipe"]
-    transformers.utils.logging.disable_progress_bar()  # per-shard bars drown the step progress
-    run_dir = Path(config["run_dir"])
-    examples = ray.get(config["examples_ref"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(recipe.run.seed)
-    torch.set_num_threads(max(1, int(recipe.distributed.cpus_per_worker)))
-
-    resume_dir = None
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        resume_dir = Path(resumed.path)
-    elif config.get("resume_from"):
-        resume_dir = Path(config["resume_from"])
+    w = setup_stage_worker(config)
+    recipe: RecipeConfig = w.recipe
+    run_dir, examples, rank, world, resume_dir = w.run_dir, w.examples, w.rank, w.world_size, w.resume_dir
 
     s = recipe.sft
     model = load_policy(config["init_dir"], recipe.model)
