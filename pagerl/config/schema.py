@@ -143,6 +143,11 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16 | float16
     # Candidate index tokens <c0> ... <c{max_candidates-1}> added to the vocabulary.
     max_candidates: int = 32
+    # Candidate echo and pointer (pagerl.models.candidates): each index token
+    # carries its candidate's content in, and its logit reads it out. No new
+    # weights; stored in the policy's config.json. Without it a policy trained
+    # from scratch did not learn which candidates to pick.
+    candidate_pointer: bool = True
     max_prompt_tokens: int = 256
     # Added by the tokenization/models helper: how a request becomes a prompt
     # (pagerl.tokenization.serialize). A price is shown as "price_<b>", b the

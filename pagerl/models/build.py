@@ -29,6 +29,8 @@ from transformers import (
 )
 
 from pagerl.errors import PageRLError
+from pagerl.models.candidates import enable_pointer
+from pagerl.tokenization.serialize import candidate_token_ids, response_marker_length
 
 
 class ModelBuildError(PageRLError, ValueError):
@@ -180,6 +182,9 @@ def build_policy(model_cfg: Any, tokenizer: Any, seed: int) -> PreTrainedModel:
                 torch.manual_seed(seed)
                 model.resize_token_embeddings(len(tokenizer))
     _sync_special_ids(model, tokenizer)
+    if model_cfg.candidate_pointer:
+        enable_pointer(model.config, candidate_token_ids(tokenizer, int(model_cfg.max_candidates)),
+                       response_marker_length(tokenizer))
     return model
 
 

@@ -9,6 +9,11 @@ from, which RL needs, without keeping the per-step score tensors
 ``output_scores`` would. The logits processor is the same
 ``transformers.LogitsProcessor`` one would hand to ``generate``.
 
+Logits come from the backbone's last hidden state through
+:func:`pagerl.models.logprobs.head_logits`, the same head (logit scaling and,
+for a candidate-pointer policy, the pointer term) as training's, so what
+rollout reports is what a trainer recomputes.
+
 The logprob of a response is under the *sampling distribution*: the
 (constrained, when ``constrained``) logits divided by ``temperature``. Forced
 tokens (EOS after the K-th item under the constraint) have logprob 0. With
@@ -24,7 +29,9 @@ from typing import Any, List, Optional, Sequence
 import torch
 
 from pagerl.data.types import Request
+from pagerl.models.candidates import CandidatePointer
 from pagerl.models.constrained import PageConstraintProcessor
+from pagerl.models.logprobs import backbone_of, head_logits
 from pagerl.tokenization.serialize import candidate_token_ids, decode_page, encode_prompt
 from pagerl.tokenization.settings import settings_of
 
@@ -87,14 +94,22 @@ def _decode_batch(
         )
 
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    pointer = CandidatePointer.of(model)
+    backbone = backbone_of(model)
+    if pointer is None:
+        contents = None
+        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    else:  # left-padded: every prompt ends at the last column
+        prompt_end = torch.full((batch,), ids.shape[1], dtype=torch.long, device=device)
+        embeds, contents = pointer.prompt_inputs(model, ids, prompt_end)
+        out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
     cache, last_pos = out.past_key_values, positions[:, -1]
     sequences = ids
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     logprobs: List[torch.Tensor] = []
     for step in range(int(max_new.max())):
-        scores = out.logits[:, -1, :].float()
+        scores = head_logits(model, pointer, out.last_hidden_state[:, -1:], contents)[:, -1, :]
         if processor is not None:
             scores = processor(sequences, scores)
         logp = torch.log_softmax(scores / temperature, dim=-1)
@@ -112,13 +127,10 @@ def _decode_batch(
             break
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
         last_pos = last_pos + 1
-        out = model(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=last_pos[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
+        step_inputs = dict(input_ids=token[:, None]) if pointer is None else dict(
+            inputs_embeds=pointer.step_inputs(model, token[:, None], contents))
+        out = backbone(**step_inputs, attention_mask=mask, position_ids=last_pos[:, None],
+                       past_key_values=cache, use_cache=True)
         cache = out.past_key_values
 
     responses = sequences[:, ids.shape[1] :].tolist()

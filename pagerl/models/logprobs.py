@@ -41,6 +41,14 @@ logit scaling (``logit_scale``, ``logits_scaling``) is folded into the
 temperature; final-logit soft-capping and an LM-head bias are refused with a
 ValueError, since the fused kernels compute plain linear logits.
 
+Policies with the candidate pointer (:mod:`pagerl.models.candidates`, marked
+in their config) get the candidate echo on their inputs and the pointer term
+on their index-token logits, in the kernel path through an exactly augmented
+head. Their prompts must be known: ``prompt_end`` (``[B]``, the position of
+each row's first response token) or, by default, the first scored label.
+:func:`policy_logits` is the explicit reference of the same distribution (full
+logits; for tests, generation and small vocabularies).
+
 DeepSpeed ZeRO-3: the LM-head weight is partitioned and gathered only during
 the forward of the module that owns it, and the wrapper never calls that
 module. So when the weight is a ZeRO-3 parameter (it has ``ds_id``) the
@@ -60,6 +68,7 @@ from typing import Any, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from pagerl.models.candidates import CandidatePointer, prompt_end_from_labels
 from pagerl_kernels import fused_linear_logprobs
 
 IGNORE_INDEX = -100
@@ -76,7 +85,7 @@ def sum_per_sequence(values: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return (values * mask.to(values.dtype)).sum(dim=1)
 
 
-def _backbone(model: nn.Module) -> nn.Module:
+def backbone_of(model: nn.Module) -> nn.Module:
     """The model without its LM head (its forward returns the last, normed, hidden states)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     if decoder is None or decoder is model:
@@ -126,8 +135,9 @@ class CausalLMLogprobs(nn.Module):
             )
         if getattr(head, "bias", None) is not None:
             raise ValueError("CausalLMLogprobs: an LM head with a bias is not supported by the fused kernels")
-        _backbone(model)  # fail now, not at the first forward
+        backbone_of(model)  # fail now, not at the first forward
         self.model = model
+        self.pointer = CandidatePointer.of(model)
         self.impl = impl
         self._logit_multiplier = _logit_multiplier(getattr(model, "config", None))
         self._head_registered = False
@@ -154,12 +164,11 @@ class CausalLMLogprobs(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Last hidden states ``[B, L, H]`` of the backbone (after its final norm)."""
-        out = _backbone(self.model)(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        )
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        prompt_end: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(hidden [B, L, H], contents)``: last hidden states of the backbone (after its final
+        norm) and, for a pointer policy, the candidate contents ``[B, M, H]`` (else None)."""
+        return backbone_forward(self.model, self.pointer, input_ids, attention_mask, position_ids, prompt_end)
 
     def forward(
         self,
@@ -169,6 +178,7 @@ class CausalLMLogprobs(nn.Module):
         temperature: float = 1.0,
         return_entropy: bool = False,
         position_ids: Optional[torch.Tensor] = None,
+        prompt_end: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         if input_ids.dim() != 2:
             raise ValueError(f"CausalLMLogprobs: input_ids must be [B, L], got {tuple(input_ids.shape)}")
@@ -180,10 +190,15 @@ class CausalLMLogprobs(nn.Module):
             raise ValueError(
                 f"CausalLMLogprobs: labels {tuple(labels.shape)} must have input_ids' shape {tuple(input_ids.shape)}"
             )
-        hidden = self.hidden_states(input_ids, attention_mask, position_ids)
+        if self.pointer is not None and prompt_end is None:
+            prompt_end = prompt_end_from_labels(labels)
+        hidden, contents = self.hidden_states(input_ids, attention_mask, position_ids, prompt_end)
+        hidden, weight = hidden[:, :-1], self.lm_head_weight
+        if self.pointer is not None:
+            hidden, weight = self.pointer.augment(hidden, weight, self.pointer.scores(hidden, contents))
         return fused_linear_logprobs(
-            hidden[:, :-1],
-            self.lm_head_weight,
+            hidden,
+            weight,
             labels[:, 1:],
             temperature=float(temperature) / self._logit_multiplier,
             ignore_index=IGNORE_INDEX,
@@ -198,9 +213,57 @@ class CausalLMLogprobs(nn.Module):
         labels: Optional[torch.Tensor] = None,
         temperature: float = 1.0,
         position_ids: Optional[torch.Tensor] = None,
+        prompt_end: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``[B]`` log-probability of each row's scored tokens (sum over them)."""
         if labels is None:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        logp = self.forward(input_ids, attention_mask, labels, temperature=temperature, position_ids=position_ids)
+        logp = self.forward(input_ids, attention_mask, labels, temperature=temperature, position_ids=position_ids,
+                            prompt_end=prompt_end)
         return sum_per_sequence(logp, labels)
+
+
+def backbone_forward(
+    model: nn.Module,
+    pointer: Optional[CandidatePointer],
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    position_ids: Optional[torch.Tensor] = None,
+    prompt_end: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(last hidden states, candidate contents or None)`` of a full-sequence forward."""
+    backbone = backbone_of(model)
+    if pointer is None:
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]), None
+    if prompt_end is None:
+        raise ValueError("a candidate-pointer policy needs prompt_end (or labels marking the response)")
+    embeds, contents = pointer.prompt_inputs(model, input_ids, prompt_end)
+    out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]), contents
+
+
+def head_logits(model: nn.Module, pointer: Optional[CandidatePointer], hidden: torch.Tensor,
+                contents: Optional[torch.Tensor]) -> torch.Tensor:
+    """Explicit float32 logits of hidden states ``[B, T, H]``: LM head, logit scaling, pointer."""
+    logits = model.get_output_embeddings()(hidden)
+    if pointer is not None:
+        logits = pointer.add_to_logits(logits, pointer.scores(hidden, contents))
+    return logits.float() * _logit_multiplier(getattr(model, "config", None))
+
+
+def policy_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    prompt_end: Optional[torch.Tensor] = None,
+    position_ids: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Full float32 logits ``[B, L, V]`` of a policy, candidate pointer included when its config has it.
+
+    The explicit reference of what :class:`CausalLMLogprobs` computes through
+    the fused kernel (for a plain causal LM it equals ``model(...).logits``).
+    """
+    pointer = CandidatePointer.of(model)
+    hidden, contents = backbone_forward(model, pointer, input_ids, attention_mask, position_ids, prompt_end)
+    return head_logits(model, pointer, hidden, contents)

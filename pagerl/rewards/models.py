@@ -57,6 +57,8 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.models.build import resolve_attn_implementation, resolve_dtype
+from pagerl.models.candidates import candidate_contents, candidate_spans, echo_index_tokens
+from pagerl.models.logprobs import backbone_of
 from pagerl.tokenization.serialize import encode_prompt, encode_response
 
 HEADS_FILE = "reward_model.json"
@@ -73,24 +75,12 @@ class RewardModelError(PageRLError, ValueError):
     """A reward-model directory or a scoring request is not usable (bad input, not a bug)."""
 
 
-def backbone_of(causal_lm: nn.Module) -> PreTrainedModel:
-    """The transformer of a causal LM without its LM head (``get_decoder()`` / ``.model``)."""
-    decoder = causal_lm.get_decoder() if hasattr(causal_lm, "get_decoder") else None
-    if decoder is None or decoder is causal_lm:
-        decoder = getattr(causal_lm, "model", None)
-    if not isinstance(decoder, PreTrainedModel):
-        raise RewardModelError(
-            f"cannot find the backbone of {type(causal_lm).__name__}: expected get_decoder() or .model "
-            "to return the transformer without its LM head"
-        )
-    return decoder
-
-
 class RewardModel(nn.Module):
     """Backbone + page head + item head (see the module docstring)."""
 
     def __init__(self, backbone: PreTrainedModel, *, index_token_ids: Sequence[int] = (),
-                 candidate_echo: Optional[bool] = None, page_pooling: str = "mean", seed: int = 0) -> None:
+                 candidate_echo: Optional[bool] = None, page_pooling: str = "mean", seed: int = 0,
+                 marker_len: int = 0) -> None:
         super().__init__()
         self.model = backbone
         hidden = int(backbone.config.hidden_size)
@@ -98,6 +88,8 @@ class RewardModel(nn.Module):
         self.page_head = nn.Linear(hidden, 1, dtype=dtype)
         self.item_head = nn.Linear(hidden, 1, dtype=dtype)
         self.index_token_ids = [int(t) for t in index_token_ids]
+        # Tokens of the response marker ending every prompt (not part of the last candidate's content).
+        self.marker_len = int(marker_len)
         # Default: echo when the index tokens are known (the stage always passes both).
         self.candidate_echo = bool(self.index_token_ids) if candidate_echo is None else bool(candidate_echo)
         if page_pooling not in PAGE_POOLING:
@@ -105,8 +97,8 @@ class RewardModel(nn.Module):
         self.page_pooling = page_pooling
         if self.candidate_echo and not self.index_token_ids:
             raise RewardModelError("candidate_echo needs the tokenizer's candidate index token ids")
-        # token id -> candidate index (0 for other tokens), for the echo lookup.
-        table = torch.zeros(max(self.index_token_ids, default=0) + 1, dtype=torch.long)
+        # token id -> candidate index (-1 for other tokens), for the echo lookup.
+        table = torch.full((max(self.index_token_ids, default=0) + 1,), -1, dtype=torch.long)
         table[self.index_token_ids] = torch.arange(len(self.index_token_ids))
         self.register_buffer("_candidate_of_token", table, persistent=False)
         # Seeded locally; small (HEAD_INIT_STD) but not zero, so an untrained
@@ -152,34 +144,22 @@ class RewardModel(nn.Module):
 
     def _echo_candidates(self, input_ids: torch.Tensor, embeds: torch.Tensor,
                          slot_positions: torch.Tensor) -> torch.Tensor:
-        """Add to each response index token the mean input embedding of its candidate's prompt span.
+        """Add to each response index token its candidate's content (:mod:`pagerl.models.candidates`).
 
-        The prompt lists candidate j as ``<cj>`` followed by its words, in
-        candidate order, so a prompt token belongs to candidate j when j+1
-        index tokens precede it (inclusive). Without this the backbone must
-        learn a pointer lookup (response ``<cj>`` -> the words after prompt
-        ``<cj>``) from the weak pairwise signal alone, which a fresh tiny
-        model did not manage in a few hundred steps; with it the slot token
-        starts out knowing what item it is, and attention is left to relate it
-        to the user, the query and the items above.
+        Without this the backbone must learn a pointer lookup (response
+        ``<cj>`` -> the words after prompt ``<cj>``) from the weak pairwise
+        signal alone, which a fresh tiny model did not manage in a few hundred
+        steps; with it the slot token starts out knowing what item it is, and
+        attention is left to relate it to the user, the query and the items
+        above. Only response tokens are echoed (the first slot ends the prompt).
         """
-        n, length = input_ids.shape
-        prompt_len = slot_positions[:, :1]  # the first slot token ends the prompt
-        positions = torch.arange(length, device=input_ids.device)[None, :]
-        in_prompt = positions < prompt_len
-        known = input_ids < self._candidate_of_token.numel()
-        ids = torch.where(known, input_ids, torch.zeros_like(input_ids))
-        is_index = known & torch.isin(ids, torch.as_tensor(self.index_token_ids, device=ids.device)) & in_prompt
-        span = torch.cumsum(is_index.long(), dim=1) - 1  # candidate of each prompt token, -1 before the first
-        span = torch.where(in_prompt, span, torch.full_like(span, -1))
-        slot_tokens = torch.gather(ids, 1, slot_positions)
-        wanted = self._candidate_of_token[slot_tokens]  # [N, K]
-        # Slot position 0 marks a padded slot (a row with fewer slots): no echo there.
-        member = (span[:, None, :] == wanted[:, :, None]) & (slot_positions > 0)[:, :, None]
-        member = member.to(embeds.dtype)  # [N, K, L]
-        echo = member @ embeds / member.sum(dim=-1, keepdim=True).clamp_min(1.0)
-        rows = torch.arange(n, device=input_ids.device)[:, None]
-        return embeds.index_put((rows.expand_as(slot_positions), slot_positions), echo, accumulate=True)
+        prompt_end = slot_positions[:, 0]
+        index_ids = torch.as_tensor(self.index_token_ids, device=input_ids.device)
+        span = candidate_spans(input_ids, index_ids, prompt_end, self.marker_len)
+        contents = candidate_contents(embeds, span, len(self.index_token_ids))
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
+        return echo_index_tokens(input_ids, embeds, contents, self._candidate_of_token,
+                                 where=positions >= prompt_end[:, None])
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_pretrained(
@@ -214,6 +194,7 @@ class RewardModel(nn.Module):
             "candidate_echo": self.candidate_echo,
             "page_pooling": self.page_pooling,
             "index_token_ids": self.index_token_ids,
+            "response_marker_len": self.marker_len,
         }, indent=2))
 
     @classmethod
@@ -237,6 +218,7 @@ class RewardModel(nn.Module):
             backbone = AutoModel.from_config(config, dtype=torch_dtype)
             model = cls(backbone, index_token_ids=heads.get("index_token_ids", ()),
                         candidate_echo=bool(heads.get("candidate_echo", False)),
+                        marker_len=int(heads.get("response_marker_len", 0)),
                         page_pooling=str(heads.get("page_pooling", "eos")))
         if int(heads.get("hidden_size", config.hidden_size)) != int(config.hidden_size):
             raise RewardModelError(f"{directory}/{HEADS_FILE}: hidden_size disagrees with config.json")

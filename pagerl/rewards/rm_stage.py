@@ -49,7 +49,7 @@ from pagerl.rewards.models import HEADS_FILE, WEIGHTS_FILE, RewardModel, backbon
 from pagerl.rewards.pairs import FAMILIES, PairSet, PreferencePair, build_pairs
 from pagerl.rewards.quality import flat_metrics, reward_quality
 from pagerl.rewards.rm_loop import rm_worker
-from pagerl.tokenization.serialize import candidate_token_ids, encode_prompt, encode_response
+from pagerl.tokenization.serialize import candidate_token_ids, encode_prompt, encode_response, response_marker_length
 from pagerl.tokenization.tokenizer import build_tokenizer, load_policy_tokenizer
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.train.batching import Schedule
@@ -109,6 +109,7 @@ def prepare_initial_model(recipe: RecipeConfig, impressions: Sequence[Impression
         candidate_echo=recipe.rm.candidate_echo,
         page_pooling=recipe.rm.page_pooling,
         seed=recipe.run.seed,
+        marker_len=response_marker_length(tokenizer),
     )
     tmp = init_dir.with_name(init_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -44,6 +44,9 @@ from pagerl.tokenization.settings import (
 
 IGNORE_INDEX = -100
 
+# The last text segment of every prompt: it marks where the page begins.
+RESPONSE_MARKER = "| page :"
+
 # A prompt is built from text segments and candidate slots (ints).
 Segment = Union[str, int]
 
@@ -101,7 +104,7 @@ def prompt_segments(request: Request, settings: SerializationSettings) -> List[S
             if key in item.attrs:
                 words += [key, str(item.attrs[key])]
         segments += [index, " ".join(w for w in words if w)]
-    segments.append("| page :")
+    segments.append(RESPONSE_MARKER)
     return segments
 
 
@@ -166,6 +169,16 @@ def encode_prompt(tokenizer: Any, request: Request) -> List[int]:
             "titles, or lower model.max_history_items"
         )
     return ids
+
+
+def response_marker_length(tokenizer: Any) -> int:
+    """Tokens of :data:`RESPONSE_MARKER` at the end of every prompt.
+
+    Text segments are tokenized one by one (see :func:`encode_prompt`), so the
+    marker is the same tokens in every prompt: the last candidate's words end
+    this many tokens before the prompt does.
+    """
+    return len(tokenizer([" " + RESPONSE_MARKER], add_special_tokens=False, split_special_tokens=True)["input_ids"][0])
 
 
 def encode_response(tokenizer: Any, request: Request, page_item_ids: Sequence[str]) -> List[int]:

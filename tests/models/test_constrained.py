@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -141,9 +143,11 @@ def test_teacher_forced_mask_equals_step_by_step():
 
 
 def test_plugs_into_hf_generate():
+    """For a plain causal LM (no candidate pointer, which HF generate knows nothing of) our decoding
+    loop and HF generate with the processor pick the same pages."""
     requests = [make_request("a", 4, 2), make_request("b", 7, 3)]
     tokenizer = build_tokenizer(CFG, requests)
-    model = build_policy(CFG, tokenizer, seed=0)
+    model = build_policy(dataclasses.replace(CFG, candidate_pointer=False), tokenizer, seed=0)
     prompts = [encode_prompt(tokenizer, r) for r in requests]
     width = max(map(len, prompts))
     ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts])

@@ -13,6 +13,7 @@ from pagerl.data.types import Item, Request, User
 from pagerl.models.build import build_policy
 from pagerl.models.constrained import constrain_response_logits
 from pagerl.models.generate import generate_pages
+from pagerl.models.logprobs import policy_logits
 from pagerl.tokenization import INVALID_REASONS, build_tokenizer, candidate_token_ids, encode_prompt
 
 MAX_CANDIDATES = 12
@@ -105,7 +106,7 @@ def test_logprobs_match_a_teacher_forced_forward_pass(setup, greedy, temperature
         for request, page in zip(requests, pages):
             prompt = encode_prompt(tokenizer, request)
             ids = torch.tensor([prompt + page.response_ids])
-            logits = model(input_ids=ids).logits[:, len(prompt) - 1 : -1].float()
+            logits = policy_logits(model, ids, prompt_end=torch.tensor([len(prompt)]))[:, len(prompt) - 1 : -1]
             masked = constrain_response_logits(
                 logits,
                 torch.tensor([page.response_ids]),
