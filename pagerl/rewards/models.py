@@ -58,7 +58,6 @@ from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.models.build import resolve_attn_implementation, resolve_dtype
 from pagerl.models.candidates import candidate_contents, candidate_spans, echo_index_tokens
-from pagerl.models.logprobs import backbone_of
 from pagerl.tokenization.serialize import encode_prompt, encode_response
 
 HEADS_FILE = "reward_model.json"

@@ -34,11 +34,8 @@ import torch.nn.functional as F
 from pagerl.config.schema import RecipeConfig
 from pagerl.rewards.models import RewardModel, pack_sequences
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
-from pagerl.tracking.metrics import MetricsLogger
-from pagerl.tracking.progress import Progress
-from pagerl.train.batching import Schedule, micro_batches
-from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker
-from pagerl.train.sft_loop import WORKER_STDERR
+from pagerl.train.batching import micro_batches
+from pagerl.train.engine import all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker, start_stage_training
 
 
 def bradley_terry_loss(delta: torch.Tensor, weight: torch.Tensor, label_smoothing: float = 0.0,
@@ -90,31 +87,15 @@ def rm_losses(model_out, batch: Dict[str, torch.Tensor], rm_cfg: Any) -> Dict[st
 def rm_worker(config: Dict[str, Any]) -> None:
     w = setup_stage_worker(config)
     recipe: RecipeConfig = w.recipe
-    run_dir, examples, rank, world, resume_dir = w.run_dir, w.examples, w.rank, w.world_size, w.resume_dir
+    examples, rank = w.examples, w.rank
 
     s = recipe.rm
     model = RewardModel.from_pretrained(config["init_dir"], dtype=recipe.model.dtype,
                                         attn_implementation=recipe.model.attn_implementation)
     tokenizer = load_policy_tokenizer(config["init_dir"])
     model.train()
-    policy = ZeroPolicy(
-        model, model, recipe.distributed,
-        dtype=recipe.model.dtype, lr=s.lr, weight_decay=s.weight_decay,
-        micro_batch_size=s.micro_batch_size, grad_accum_steps=s.grad_accum_steps,
-        grad_clip=s.grad_clip, resume_dir=resume_dir,
-    )
-    schedule = Schedule(len(examples), s.micro_batch_size, s.grad_accum_steps, world, s.epochs, s.max_steps)
-    schedule.check()
-    start = policy.state.step
-    stop_at = schedule.total_steps
-    if s.stop_after_steps > 0:
-        stop_at = min(stop_at, start + s.stop_after_steps)
-
-    metrics = MetricsLogger.from_config(run_dir, recipe.tracking, enabled=rank == 0)
-    progress = Progress("rm", total=schedule.total_steps, every_s=recipe.tracking.progress_every_s,
-                        stream=WORKER_STDERR, enabled=rank == 0)
-    if rank == 0 and start > 0:
-        WORKER_STDERR.write(f"[rm] resumed from {resume_dir} at step {start}/{schedule.total_steps}\n")
+    t = start_stage_training(w, "rm", s, model, model)
+    policy, schedule, start, stop_at, metrics, progress = t.policy, t.schedule, t.start, t.stop_at, t.metrics, t.progress
 
     pad_id = tokenizer.pad_token_id
     names = ("loss", "page_loss", "item_loss", "page_acc", "item_acc")

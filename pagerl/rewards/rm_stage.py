@@ -45,7 +45,8 @@ from pagerl.distributed import checkpoint as ckpt
 from pagerl.distributed.launch import fit_stage
 from pagerl.errors import PageRLError
 from pagerl.models.build import build_policy, load_policy
-from pagerl.rewards.models import HEADS_FILE, WEIGHTS_FILE, RewardModel, backbone_of, load_reward_models
+from pagerl.models.logprobs import backbone_of
+from pagerl.rewards.models import HEADS_FILE, WEIGHTS_FILE, RewardModel, load_reward_models
 from pagerl.rewards.pairs import FAMILIES, PairSet, PreferencePair, build_pairs
 from pagerl.rewards.quality import flat_metrics, reward_quality
 from pagerl.rewards.rm_loop import rm_worker

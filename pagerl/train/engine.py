@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,74 @@ def setup_stage_worker(config: Dict[str, Any]) -> StageWorker:
         Path(config["resume_from"]) if config.get("resume_from") else None)
     return StageWorker(recipe, Path(config["run_dir"]), ray.get(config["examples_ref"]),
                        ctx.get_world_rank(), ctx.get_world_size(), resume_dir)
+
+
+class _WorkerStderr:
+    """stderr for Ray Train workers, bypassing Train's patched ``print``.
+
+    Ray Train V2 routes ``print`` to stdout/stderr through its logger, which
+    shows every progress line twice on the driver; writing to this object (not
+    ``sys.stderr`` itself) keeps one line per update.
+    """
+
+    def write(self, text: str) -> int:
+        n = sys.stderr.write(text)
+        sys.stderr.flush()
+        return n
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+WORKER_STDERR = _WorkerStderr()
+
+
+@dataclass
+class StageTraining:
+    """A stage's engine, schedule and step range, and rank 0's metrics and progress."""
+
+    policy: "ZeroPolicy"
+    schedule: Any
+    start: int
+    stop_at: int
+    metrics: Any
+    progress: Any
+
+
+def start_stage_training(w: StageWorker, stage: str, stage_cfg: Any, module: torch.nn.Module,
+                         hf_model: Any) -> StageTraining:
+    """Wrap ``module`` for DeepSpeed and lay out the steps of a stage (``sft``, ``rm``).
+
+    ``stage_cfg`` is the stage's recipe section (``lr``, ``weight_decay``,
+    batch sizes, ``grad_clip``, ``epochs``, ``max_steps``, ``stop_after_steps``).
+    The step range starts at the resumed checkpoint's step and ends at the
+    schedule's total, or ``stop_after_steps`` later (the interruption tests use).
+    """
+    from pagerl.tracking.metrics import MetricsLogger
+    from pagerl.tracking.progress import Progress
+    from pagerl.train.batching import Schedule
+
+    s, recipe = stage_cfg, w.recipe
+    policy = ZeroPolicy(
+        module, hf_model, recipe.distributed,
+        dtype=recipe.model.dtype, lr=s.lr, weight_decay=s.weight_decay,
+        micro_batch_size=s.micro_batch_size, grad_accum_steps=s.grad_accum_steps,
+        grad_clip=s.grad_clip, resume_dir=w.resume_dir,
+    )
+    schedule = Schedule(len(w.examples), s.micro_batch_size, s.grad_accum_steps, w.world_size, s.epochs,
+                        s.max_steps)
+    schedule.check()
+    start = policy.state.step
+    stop_at = schedule.total_steps
+    if s.stop_after_steps > 0:
+        stop_at = min(stop_at, start + s.stop_after_steps)
+    lead = w.rank == 0
+    metrics = MetricsLogger.from_config(w.run_dir, recipe.tracking, enabled=lead)
+    progress = Progress(stage, total=schedule.total_steps, every_s=recipe.tracking.progress_every_s,
+                        stream=WORKER_STDERR, enabled=lead)
+    if lead and start > 0:
+        WORKER_STDERR.write(f"[{stage}] resumed from {w.resume_dir} at step {start}/{schedule.total_steps}\n")
+    return StageTraining(policy, schedule, start, stop_at, metrics, progress)
 
 
 def report_checkpoint(policy: "ZeroPolicy", tokenizer: Any, step: int, total_steps: int,

@@ -9,7 +9,6 @@ and every rank joins the (collective) checkpoint.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any, Dict
 
@@ -21,30 +20,8 @@ from pagerl.config.schema import RecipeConfig
 from pagerl.models.build import load_policy
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.models.logprobs import CausalLMLogprobs
-from pagerl.tracking.metrics import MetricsLogger
-from pagerl.tracking.progress import Progress
-from pagerl.train.batching import Schedule, collate, micro_batches
-from pagerl.train.engine import ZeroPolicy, all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker
-
-
-class _WorkerStderr:
-    """stderr for Ray Train workers, bypassing Train's patched ``print``.
-
-    Ray Train V2 routes ``print`` to stdout/stderr through its logger, which
-    shows every progress line twice on the driver; writing to this object (not
-    ``sys.stderr`` itself) keeps one line per update.
-    """
-
-    def write(self, text: str) -> int:
-        n = sys.stderr.write(text)
-        sys.stderr.flush()
-        return n
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-WORKER_STDERR = _WorkerStderr()
+from pagerl.train.batching import collate, micro_batches
+from pagerl.train.engine import all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker, start_stage_training
 
 
 def weighted_nll(logprobs: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -62,30 +39,14 @@ def weighted_nll(logprobs: torch.Tensor, labels: torch.Tensor, weight: torch.Ten
 def sft_worker(config: Dict[str, Any]) -> None:
     w = setup_stage_worker(config)
     recipe: RecipeConfig = w.recipe
-    run_dir, examples, rank, world, resume_dir = w.run_dir, w.examples, w.rank, w.world_size, w.resume_dir
+    examples, rank = w.examples, w.rank
 
     s = recipe.sft
     model = load_policy(config["init_dir"], recipe.model)
     tokenizer = load_policy_tokenizer(config["init_dir"])
     model.train()
-    policy = ZeroPolicy(
-        CausalLMLogprobs(model), model, recipe.distributed,
-        dtype=recipe.model.dtype, lr=s.lr, weight_decay=s.weight_decay,
-        micro_batch_size=s.micro_batch_size, grad_accum_steps=s.grad_accum_steps,
-        grad_clip=s.grad_clip, resume_dir=resume_dir,
-    )
-    schedule = Schedule(len(examples), s.micro_batch_size, s.grad_accum_steps, world, s.epochs, s.max_steps)
-    schedule.check()
-    start = policy.state.step
-    stop_at = schedule.total_steps
-    if s.stop_after_steps > 0:
-        stop_at = min(stop_at, start + s.stop_after_steps)
-
-    metrics = MetricsLogger(run_dir, jsonl=recipe.tracking.jsonl, tensorboard=recipe.tracking.tensorboard) if rank == 0 else None
-    progress = (Progress("sft", total=schedule.total_steps, every_s=recipe.tracking.progress_every_s,
-                         stream=WORKER_STDERR) if rank == 0 else None)
-    if rank == 0 and start > 0:
-        WORKER_STDERR.write(f"[sft] resumed from {resume_dir} at step {start}/{schedule.total_steps}\n")
+    t = start_stage_training(w, "sft", s, CausalLMLogprobs(model), model)
+    policy, schedule, start, stop_at, metrics, progress = t.policy, t.schedule, t.start, t.stop_at, t.metrics, t.progress
 
     pad_id = tokenizer.pad_token_id
     window: Dict[str, float] = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter()}
@@ -110,23 +71,18 @@ def sft_worker(config: Dict[str, Any]) -> None:
             mean_loss = all_mean(window["loss"] / max(1, window["n"]))
             tokens = all_sum(window["tokens"])
             elapsed = time.perf_counter() - window["t0"]
-            if rank == 0:
-                row = {"loss": mean_loss, "lr": lr, "grad_norm": policy.grad_norm(),
-                       "tokens_per_s": tokens / max(elapsed, 1e-9), "step_s": elapsed / max(1, window["n"]),
-                       "epoch": done / schedule.steps_per_epoch}
-                metrics.log("sft", done, row)
-                progress.update(done, {"loss": mean_loss})
+            row = {"loss": mean_loss, "lr": lr, "grad_norm": policy.grad_norm(),
+                   "tokens_per_s": tokens / max(elapsed, 1e-9), "step_s": elapsed / max(1, window["n"]),
+                   "epoch": done / schedule.steps_per_epoch}
+            metrics.log("sft", done, row)
+            progress.update(done, {"loss": mean_loss})
             window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter()}
         if done % s.checkpoint_every == 0 or done == stop_at:
             report_checkpoint(policy, tokenizer, done, schedule.total_steps, schedule.steps_per_epoch, "sft")
 
     if start >= stop_at:  # nothing left to train: report the checkpoint we resumed from
         ray.train.report({"step": start, "finished": int(start >= schedule.total_steps)})
-    if metrics is not None:
-        metrics.close()
-
-
-
+    metrics.close()
 
 
 __all__ = ["sft_worker", "weighted_nll"]

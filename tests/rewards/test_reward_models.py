@@ -12,7 +12,8 @@ import torch
 
 from pagerl.config.schema import ModelConfig, PairsConfig, RMConfig, SimConfig
 from pagerl.models.build import build_policy
-from pagerl.rewards.models import HEADS_FILE, RewardModel, RewardModelError, RewardModels, backbone_of, load_reward_models
+from pagerl.models.logprobs import backbone_of
+from pagerl.rewards.models import HEADS_FILE, RewardModel, RewardModelError, RewardModels, load_reward_models
 from pagerl.rewards.pairs import build_pairs
 from pagerl.rewards.quality import spearman
 from pagerl.rewards.rm_loop import bradley_terry_loss, collate_pairs, pair_deltas, rm_losses

@@ -72,7 +72,8 @@ def per_page(source, reqs, pages, valid):
 def build_reward_model_dir(run_dir: Path, sim, requests) -> Path:
     """A reward-model directory as the rm stage writes it (untrained heads: scoring is what is tested)."""
     from pagerl.models.build import build_policy
-    from pagerl.rewards.models import RewardModel, backbone_of
+    from pagerl.models.logprobs import backbone_of
+    from pagerl.rewards.models import RewardModel
     from pagerl.tokenization.tokenizer import build_tokenizer
 
     r = recipe()
