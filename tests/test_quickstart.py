@@ -54,6 +54,9 @@ def test_quickstart_end_to_end(tmp_path):
     se = {name: m["expected_clicks_se"] for name, m in methods.items()}
     assert clicks["sft"] > clicks["random"] + 3 * (se["sft"] + se["random"]), clicks
     assert clicks["sft"] > clicks["logging"], clicks
+    # ... and ahead of logging on the same requests by more than twice the paired standard error
+    vs_logging = json.loads((run_dir / "eval" / "results.json").read_text())["paired"]["logging"]
+    assert vs_logging["expected_clicks_diff"] > 2 * vs_logging["expected_clicks_diff_se"], vs_logging
     assert f"{clicks['sft']:.3f} ± " in (run_dir / "report.md").read_text()  # the report's table shows it
 
     report = (run_dir / "report.md").read_text()

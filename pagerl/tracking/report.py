@@ -285,6 +285,7 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
     for m in metric_names:
         if m in EVAL_EXPLANATIONS:
             lines.append(f"- `{m}`: {EVAL_EXPLANATIONS[m]}.")
+    lines += _paired_lines(results)
     notes = results.get("notes")
     if isinstance(notes, list):
         lines += [f"- {n}" for n in notes if isinstance(n, str)]
@@ -295,6 +296,25 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
                 for name, counts in invalid.items() if isinstance(counts, dict)]
         lines += _table(["method", "reasons"], rows)
     return "\n".join(lines)
+
+
+def _paired_lines(results: Dict[str, Any]) -> List[str]:
+    """The learned policy minus each baseline on the same requests (``results["paired"]``)."""
+    paired, learned = results.get("paired"), results.get("policy_name")
+    if not isinstance(paired, dict) or not paired or not learned:
+        return []
+    lines = ["", f"Paired comparison: `{learned}` minus each baseline, request by request "
+             "(`pagerl.eval.evaluate.paired_differences`; mean ± standard error of the difference, and "
+             f"the share of requests where `{learned}`'s page scores higher):", ""]
+    rows = []
+    for name, diff in paired.items():
+        if not isinstance(diff, dict):
+            continue
+        rows.append([f"`{name}`"] + [
+            f"{_mean_se(diff.get(f'{m}_diff'), diff.get(f'{m}_diff_se'))} (wins {_fmt(diff.get(f'{m}_win_rate'))})"
+            for m in ("expected_clicks", "ndcg")])
+    k = results.get("k")
+    return lines + _table(["baseline", "expected_clicks", f"ndcg@{k}" if k else "ndcg"], rows)
 
 
 def _is_metric(key: str) -> bool:

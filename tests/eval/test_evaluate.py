@@ -23,6 +23,7 @@ from pagerl.eval.evaluate import (
     aggregate,
     baseline_pages,
     evaluate,
+    paired_differences,
     run_eval_stage,
     score_method,
 )
@@ -190,8 +191,35 @@ def test_stage_scores_the_policy_and_baselines_and_writes_its_files(tmp_path, da
     again = run_eval_stage(make_recipe(), tmp_path / "run", model_dir=checkpoint)
     assert again == results
 
+    # the paired comparison is the per-request difference, recomputable from pages.jsonl
+    assert set(results["paired"]) == set(BASELINE_NAMES)
+    rows = [json.loads(line)["pages"] for line in lines]
+    diff = [r["sft"]["expected_clicks"] - r["logging"]["expected_clicks"] for r in rows]
+    paired = results["paired"]["logging"]
+    assert paired["expected_clicks_diff"] == pytest.approx(np.mean(diff))
+    assert paired["expected_clicks_diff_se"] == pytest.approx(np.std(diff, ddof=1) / math.sqrt(len(diff)))
+    assert paired["expected_clicks_win_rate"] == pytest.approx(np.mean([d > 0 for d in diff]))
+    assert results["paired"]["oracle"]["expected_clicks_diff"] <= 1e-12
+
     report = write_report(run).read_text()
     assert "| `sft`" in report and (run / "plots" / "eval_bars.png").is_file()
+    assert "Paired comparison: `sft` minus each baseline" in report
+
+
+def test_paired_differences_by_hand(sim, requests):
+    """Differences of hand-made scores: mean, standard error and win share."""
+    from pagerl.sim.simulator import PageScore
+
+    def score(clicks):
+        return PageScore(clicks, 10 * clicks, clicks / 2, 0.5, 0.0, valid=True)
+
+    out = paired_differences([score(1.0), score(2.0), score(0.5)], [score(0.5), score(2.0), score(1.5)])
+    assert out["expected_clicks_diff"] == pytest.approx((0.5 + 0.0 - 1.0) / 3)
+    assert out["expected_clicks_diff_se"] == pytest.approx(np.std([0.5, 0.0, -1.0], ddof=1) / math.sqrt(3))
+    assert out["expected_clicks_win_rate"] == pytest.approx(1 / 3)  # a tie is not a win
+    assert out["expected_gmv_diff"] == pytest.approx(10 * out["expected_clicks_diff"])
+    with pytest.raises(ValueError, match="one per request"):
+        paired_differences([score(1.0)], [])
 
 
 def test_unconstrained_sampling_reports_invalid_pages_with_reasons(tmp_path, data_dir, checkpoint):
