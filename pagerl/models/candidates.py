@@ -143,12 +143,18 @@ class CandidatePointer(nn.Module):
         The embedding module is called as a module, so ZeRO-3 gathers its weight.
         """
         embeds = model.get_input_embeddings()(input_ids)
-        span = candidate_spans(input_ids, self.index_ids, prompt_end, self.marker_len)
-        contents = candidate_contents(embeds, span, self.num_candidates)
+        contents = self.contents(input_ids, embeds, prompt_end)
         return self.echo(input_ids, embeds, contents), contents
 
-    def echo(self, input_ids: torch.Tensor, embeds: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
-        return echo_index_tokens(input_ids, embeds, contents, self.candidate_of_token)
+    def contents(self, input_ids: torch.Tensor, embeds: torch.Tensor, prompt_end: torch.Tensor) -> torch.Tensor:
+        """``[N, M, H]`` content of each candidate of prompts ending at ``prompt_end``."""
+        span = candidate_spans(input_ids, self.index_ids, prompt_end, self.marker_len)
+        return candidate_contents(embeds, span, self.num_candidates)
+
+    def echo(self, input_ids: torch.Tensor, embeds: torch.Tensor, contents: torch.Tensor,
+             where: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``embeds`` with the contents added at the index tokens (only where ``where``, if given)."""
+        return echo_index_tokens(input_ids, embeds, contents, self.candidate_of_token, where)
 
     def step_inputs(self, model: nn.Module, input_ids: torch.Tensor, contents: torch.Tensor) -> torch.Tensor:
         """Input embeddings of response tokens (decoding), echoed with the prompt's contents."""

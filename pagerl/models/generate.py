@@ -31,7 +31,7 @@ import torch
 from pagerl.data.types import Request
 from pagerl.models.candidates import CandidatePointer
 from pagerl.models.constrained import PageConstraintProcessor
-from pagerl.models.logprobs import backbone_of, head_logits
+from pagerl.models.logprobs import backbone_inputs, backbone_of, head_logits
 from pagerl.tokenization.serialize import candidate_token_ids, decode_page, encode_prompt
 from pagerl.tokenization.settings import settings_of
 
@@ -96,13 +96,10 @@ def _decode_batch(
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     pointer = CandidatePointer.of(model)
     backbone = backbone_of(model)
-    if pointer is None:
-        contents = None
-        out = backbone(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    else:  # left-padded: every prompt ends at the last column
-        prompt_end = torch.full((batch,), ids.shape[1], dtype=torch.long, device=device)
-        embeds, contents = pointer.prompt_inputs(model, ids, prompt_end)
-        out = backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    # left-padded: every prompt ends at the last column
+    prompt_end = torch.full((batch,), ids.shape[1], dtype=torch.long, device=device)
+    inputs, contents = backbone_inputs(model, pointer, ids, prompt_end)
+    out = backbone(**inputs, attention_mask=mask, position_ids=positions, use_cache=True)
     cache, last_pos = out.past_key_values, positions[:, -1]
     sequences = ids
     done = torch.zeros(batch, dtype=torch.bool, device=device)

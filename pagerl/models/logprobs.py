@@ -63,7 +63,7 @@ Parameter: its gradient sums both uses, with or without ZeRO.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -184,14 +184,17 @@ class CausalLMLogprobs(nn.Module):
             raise ValueError(f"CausalLMLogprobs: input_ids must be [B, L], got {tuple(input_ids.shape)}")
         if input_ids.shape[1] < 2:
             raise ValueError("CausalLMLogprobs: sequences need at least 2 tokens (one to condition on, one to score)")
+        if self.pointer is not None and prompt_end is None:
+            if labels is None:  # every token scored: nothing says where the candidate list ends
+                raise ValueError("CausalLMLogprobs: a candidate-pointer policy needs labels marking the "
+                                 "response (-100 on the prompt) or prompt_end")
+            prompt_end = prompt_end_from_labels(labels)
         if labels is None:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         elif labels.shape != input_ids.shape:
             raise ValueError(
                 f"CausalLMLogprobs: labels {tuple(labels.shape)} must have input_ids' shape {tuple(input_ids.shape)}"
             )
-        if self.pointer is not None and prompt_end is None:
-            prompt_end = prompt_end_from_labels(labels)
         hidden, contents = self.hidden_states(input_ids, attention_mask, position_ids, prompt_end)
         hidden, weight = hidden[:, :-1], self.lm_head_weight
         if self.pointer is not None:
@@ -223,6 +226,23 @@ class CausalLMLogprobs(nn.Module):
         return sum_per_sequence(logp, labels)
 
 
+def backbone_inputs(
+    model: nn.Module, pointer: Optional[CandidatePointer], input_ids: torch.Tensor,
+    prompt_end: Optional[torch.Tensor],
+) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+    """``(backbone input kwargs, candidate contents or None)`` of full sequences.
+
+    A plain causal LM takes ``input_ids``; a candidate-pointer policy takes its
+    echoed ``inputs_embeds`` and needs ``prompt_end`` to find the candidates.
+    """
+    if pointer is None:
+        return {"input_ids": input_ids}, None
+    if prompt_end is None:
+        raise ValueError("a candidate-pointer policy needs prompt_end (or labels marking the response)")
+    embeds, contents = pointer.prompt_inputs(model, input_ids, prompt_end)
+    return {"inputs_embeds": embeds}, contents
+
+
 def backbone_forward(
     model: nn.Module,
     pointer: Optional[CandidatePointer],
@@ -232,14 +252,8 @@ def backbone_forward(
     prompt_end: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(last hidden states, candidate contents or None)`` of a full-sequence forward."""
-    backbone = backbone_of(model)
-    if pointer is None:
-        out = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]), None
-    if prompt_end is None:
-        raise ValueError("a candidate-pointer policy needs prompt_end (or labels marking the response)")
-    embeds, contents = pointer.prompt_inputs(model, input_ids, prompt_end)
-    out = backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    inputs, contents = backbone_inputs(model, pointer, input_ids, prompt_end)
+    out = backbone_of(model)(**inputs, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return (out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]), contents
 
 

@@ -57,7 +57,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.models.build import resolve_attn_implementation, resolve_dtype
-from pagerl.models.candidates import candidate_contents, candidate_spans, echo_index_tokens
+from pagerl.models.candidates import CandidatePointer
 from pagerl.tokenization.serialize import encode_prompt, encode_response
 
 HEADS_FILE = "reward_model.json"
@@ -96,10 +96,8 @@ class RewardModel(nn.Module):
         self.page_pooling = page_pooling
         if self.candidate_echo and not self.index_token_ids:
             raise RewardModelError("candidate_echo needs the tokenizer's candidate index token ids")
-        # token id -> candidate index (-1 for other tokens), for the echo lookup.
-        table = torch.full((max(self.index_token_ids, default=0) + 1,), -1, dtype=torch.long)
-        table[self.index_token_ids] = torch.arange(len(self.index_token_ids))
-        self.register_buffer("_candidate_of_token", table, persistent=False)
+        # The echo's spans, contents and lookup (only its echo; the pointer term is the policy's).
+        self.candidates = CandidatePointer(self.index_token_ids, self.marker_len) if self.candidate_echo else None
         # Seeded locally; small (HEAD_INIT_STD) but not zero, so an untrained
         # model's scores differ per page: a fair random baseline for the report.
         gen = torch.Generator().manual_seed(int(seed))
@@ -153,12 +151,9 @@ class RewardModel(nn.Module):
         above. Only response tokens are echoed (the first slot ends the prompt).
         """
         prompt_end = slot_positions[:, 0]
-        index_ids = torch.as_tensor(self.index_token_ids, device=input_ids.device)
-        span = candidate_spans(input_ids, index_ids, prompt_end, self.marker_len)
-        contents = candidate_contents(embeds, span, len(self.index_token_ids))
+        contents = self.candidates.contents(input_ids, embeds, prompt_end)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
-        return echo_index_tokens(input_ids, embeds, contents, self._candidate_of_token,
-                                 where=positions >= prompt_end[:, None])
+        return self.candidates.echo(input_ids, embeds, contents, where=positions >= prompt_end[:, None])
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_pretrained(

@@ -26,6 +26,9 @@ from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 from pagerl.config.schema import DistributedConfig
 from pagerl.distributed import checkpoint as ckpt
 from pagerl.distributed.deepspeed_config import deepspeed_config
+from pagerl.tracking.metrics import MetricsLogger
+from pagerl.tracking.progress import Progress
+from pagerl.train.batching import Schedule
 
 
 def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
@@ -267,11 +270,11 @@ class StageTraining:
     """A stage's engine, schedule and step range, and rank 0's metrics and progress."""
 
     policy: "ZeroPolicy"
-    schedule: Any
+    schedule: Schedule
     start: int
     stop_at: int
-    metrics: Any
-    progress: Any
+    metrics: MetricsLogger
+    progress: Progress
 
 
 def start_stage_training(w: StageWorker, stage: str, stage_cfg: Any, module: torch.nn.Module,
@@ -283,10 +286,6 @@ def start_stage_training(w: StageWorker, stage: str, stage_cfg: Any, module: tor
     The step range starts at the resumed checkpoint's step and ends at the
     schedule's total, or ``stop_after_steps`` later (the interruption tests use).
     """
-    from pagerl.tracking.metrics import MetricsLogger
-    from pagerl.tracking.progress import Progress
-    from pagerl.train.batching import Schedule
-
     s, recipe = stage_cfg, w.recipe
     policy = ZeroPolicy(
         module, hf_model, recipe.distributed,

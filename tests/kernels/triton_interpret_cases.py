@@ -20,7 +20,6 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"
 
 import json  # noqa: E402
-import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -30,30 +29,16 @@ from pagerl_kernels import fused_linear_logprobs  # noqa: E402
 from pagerl_kernels.naive import naive_linear_logprobs  # noqa: E402
 from pagerl_kernels.triton_impl import TritonBlocks, triton_linear_logprobs  # noqa: E402
 
+# The same inputs as the PyTorch-path tests (this script's folder is sys.path[0]).
+from test_fused_logprobs import make_inputs  # noqa: E402
+
 NAMES = ("logp", "entropy", "grad_h", "grad_w")
-
-
-def make_inputs(shape, H, V, dtype, seed, peaked_prob=None):
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(V, H, generator=g, dtype=torch.float64) / math.sqrt(H)
-    targets = torch.randint(0, V, shape, generator=g)
-    hidden = torch.randn(*shape, H, generator=g, dtype=torch.float64)
-    if peaked_prob is not None:
-        direction = weight[targets]
-        direction = direction / direction.norm(dim=-1, keepdim=True)
-        lo, hi = 0.0, 1e4
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            p = torch.softmax((0.1 * hidden + mid * direction) @ weight.T, -1).gather(-1, targets[..., None]).mean()
-            lo, hi = (mid, hi) if p < peaked_prob else (lo, mid)
-        hidden = 0.1 * hidden + lo * direction
-    return hidden.to(dtype), weight.to(dtype), targets
 
 
 def run_case(case):
     dtype = getattr(torch, case["dtype"])
     shape = tuple(case["shape"])
-    hidden, weight, targets = make_inputs(shape, case["H"], case["V"], dtype, case["seed"], case.get("peaked"))
+    hidden, weight, targets = make_inputs(shape, case["H"], case["V"], dtype, case["seed"], peaked_prob=case.get("peaked"))
     if case.get("ignore"):
         flat = targets.view(-1)
         flat[:: 3] = -100

@@ -147,3 +147,14 @@ def test_decoding_reports_the_logprobs_a_trainer_recomputes_and_checkpoints_keep
             labels = torch.tensor([[-100] * len(prompt) + page.response_ids])
             lp = wrapper(ids, labels=labels)[0, len(prompt) - 1 :]
             assert lp.tolist() == pytest.approx(page.token_logprobs, abs=1e-4)
+
+
+def test_a_pointer_forward_without_a_known_prompt_end_is_refused(setup):
+    """Scoring every token leaves nothing marking where the candidate list ends: an error, not a silent
+    forward without the candidates."""
+    model, tokenizer, requests = setup
+    ids = torch.tensor([encode_prompt(tokenizer, requests[0])])
+    with pytest.raises(ValueError, match="needs labels marking the response"):
+        CausalLMLogprobs(model, impl="torch")(ids)
+    with pytest.raises(ValueError, match="needs prompt_end"):
+        policy_logits(model, ids)
