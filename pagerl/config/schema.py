@@ -351,6 +351,123 @@ class RMConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """Rollout workers: Ray actors that lay out pages with the current policy."""
+
+    # A name in pagerl.rl.rollout.ROLLOUT_BACKENDS ("hf": the Hugging Face
+    # model with PageRL's constrained decoding loop, on CPU or GPU).
+    backend: str = "hf"
+    num_workers: int = 1
+    cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 0.0
+    # Pages sampled per request (the group of GRPO and RLOO).
+    samples_per_request: int = 4
+    temperature: float = 1.0
+    # Nucleus sampling over the (constrained) distribution; 1.0 keeps it all.
+    top_p: float = 1.0
+    # Only valid pages can be generated (unused candidates, then EOS).
+    constrained: bool = True
+    # Prompts per decoding forward pass.
+    batch_size: int = 64
+
+
+@dataclass
+class TrainerRoleConfig:
+    """The policy trainer ranks: Ray actors forming one torch.distributed group under ZeRO."""
+
+    num_ranks: int = 2
+    cpus_per_rank: float = 0.5
+    gpus_per_rank: float = 0.0
+    zero_stage: int = 2
+    # Sequences per rank per forward/backward pass.
+    micro_batch_size: int = 16
+
+
+@dataclass
+class KLConfig:
+    """The KL divergence to the reference (SFT) policy."""
+
+    # k1: log r, k2: (log r)^2 / 2, k3: r - 1 - log r with r = p_ref / p
+    # (pagerl.rl.algorithms.kl documents them).
+    estimator: str = "k3"
+    # "reward": -coef * KL_t is added to the token rewards; "loss": coef * KL
+    # is added to the policy loss.
+    mode: str = "reward"
+    coef: float = 0.05
+    # "fixed" keeps coef; "adaptive" moves it towards target KL per token.
+    controller: str = "fixed"
+    target: float = 0.05
+    horizon: int = 10000
+
+
+@dataclass
+class WeightSyncConfig:
+    """Pushing the trained policy to the rollout workers, and checking it arrived."""
+
+    # A name in pagerl.rl.weight_sync.TRANSPORTS: "object_store" (buckets
+    # through Ray's object store) or "collective" (broadcast over a separate
+    # gloo/NCCL group of trainer rank 0 and the rollout workers).
+    transport: str = "object_store"
+    # Size of one streamed bucket; under ZeRO-3 one bucket at a time is gathered.
+    bucket_mb: float = 32.0
+    # After each sync, rollout and trainer logprobs of a fixed probe batch are
+    # compared; above max_logprob_delta (per token) the run stops.
+    verify: bool = True
+    max_logprob_delta: float = 1.0e-4
+    probe_requests: int = 8
+
+
+@dataclass
+class RLConfig:
+    """The RL stage: PPO-family updates of the SFT policy on mixed-grained token rewards."""
+
+    # A name in pagerl.rl.algorithms.ALGORITHMS: ppo | grpo | reinforce_pp |
+    # reinforce_pp_baseline | rloo.
+    algorithm: str = "grpo"
+    # RL steps (each: generate, reward, experience, train, sync).
+    steps: int = 100
+    # Requests drawn per step; each gets rollout.samples_per_request pages.
+    requests_per_step: int = 32
+    # Passes over one step's experience (PPO epochs) and minibatches per pass.
+    epochs_per_step: int = 1
+    minibatches_per_epoch: int = 1
+    lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    # Clipped surrogate: the ratio is kept in [1 - clip_low, 1 + clip_high].
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    # How per-token losses become one number (pagerl.rl.algorithms.losses):
+    # token_mean | seq_mean_token_sum | seq_mean_token_mean.
+    loss_agg: str = "token_mean"
+    entropy_coef: float = 0.0
+    # Baselines and normalisation per slot position ("per_slot") or over all
+    # slots together ("pooled"); see pagerl.rl.algorithms.advantages.
+    baseline_scope: str = "per_slot"
+    # Credit of a slot's action: its own item reward ("own") or the item
+    # rewards of it and every slot below it ("to_go"); the page reward is
+    # credited to every token of the page.
+    slot_credit: str = "own"
+    # GAE (ppo) and the returns of reinforce_pp.
+    gamma: float = 1.0
+    lam: float = 0.95
+    # Critic (ppo): a value head on a copy of the SFT backbone.
+    critic_lr: float = 5.0e-4
+    value_clip: float = 0.2
+    value_coef: float = 0.5
+    kl: KLConfig = field(default_factory=KLConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    trainer: TrainerRoleConfig = field(default_factory=TrainerRoleConfig)
+    sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
+    # Seconds any remote call or collective of the RL roles may take before
+    # the run stops naming the role that did not answer.
+    timeout_s: float = 300.0
+    checkpoint_every: int = 25
+    log_every: int = 1
+
+
+@dataclass
 class EvalConfig:
     """Scoring policies on held-out requests with the simulator's ground truth."""
 
@@ -393,6 +510,7 @@ class RecipeConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Path (relative to the recipe file) of the recipe this one extends.
