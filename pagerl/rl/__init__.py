@@ -1,0 +1,1 @@
+"""The RL stage: rollouts, rewards-to-advantages, policy updates and weight sync of the page policy."""
