@@ -26,12 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pagerl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run the recipe's stages (synth, sft, eval) and write the report")
+    p = sub.add_parser("run", help="run the recipe's run.stages (complete ones are skipped) and write the report")
     _recipe_args(p)
 
     p = sub.add_parser("config", help="recipe tools")
     csub = p.add_subparsers(dest="config_command", required=True)
-    _recipe_args(csub.add_parser("show", help="print the resolved recipe"))
+    _recipe_args(csub.add_parser("show", help="print the resolved recipe (every path made absolute)"))
 
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -42,14 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     val = dsub.add_parser("validate", help="check a data file and report every bad row with its line")
     val.add_argument("files", nargs="+")
 
-    p = sub.add_parser("sft", help="run only the SFT stage of a recipe")
+    for name, text in _STAGE_COMMANDS.items():
+        _recipe_args(sub.add_parser(name, help=text))
+    p = sub.add_parser("eval-policy", help="evaluate one saved policy directory beside eval.baselines "
+                       "(written to <run dir>/eval like the eval stage)")
     _recipe_args(p)
-    p = sub.add_parser("rm", help="run only the reward-model stage of a recipe (after sft)")
-    _recipe_args(p)
-    p = sub.add_parser("eval", help="run only the evaluation stage of a recipe")
-    _recipe_args(p)
-    p.add_argument("--model", help="a saved policy dir to evaluate (default: <run dir>/sft/final if present)")
+    p.add_argument("--model", required=True, help="a saved policy directory (e.g. <run dir>/sft/final)")
     return parser
+
+
+# Commands that run one stage of a recipe in its run directory (skipped when complete).
+_STAGE_COMMANDS = {
+    "sft": "run only the SFT stage of a recipe",
+    "rm": "run only the reward-model stage (uses the run's SFT policy when there is one, else builds its own)",
+    "eval": "run only the evaluation stage: every policy in the run directory and eval.baselines",
+}
 
 
 def _load(args: argparse.Namespace):
@@ -57,6 +64,23 @@ def _load(args: argparse.Namespace):
 
     recipe, _ = load_recipe(args.recipe, args.overrides)
     return recipe
+
+
+def _run_stages(args: argparse.Namespace, stages: Optional[List[str]]) -> int:
+    """Run stages with the person's lines on the terminal and everything else in the run's log."""
+    from pagerl import pipeline
+    from pagerl.tracking import console
+
+    recipe = _load(args)
+    run_dir = pipeline.prepare_run_dir(recipe)
+    try:
+        with console.session(run_dir):
+            out = pipeline.run(recipe, stages=stages)
+    except BaseException:
+        print(f"(full log: {run_dir / console.LOG_FILE})", file=sys.stderr)
+        raise
+    print(f"log:           {run_dir / console.LOG_FILE}")
+    return 3 if out.get("stopped") else 0
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -67,29 +91,26 @@ def _main(argv: Optional[List[str]]) -> int:
         print(recipe_to_yaml(_load(args)), end="")
         return 0
     if args.command == "run":
-        from pagerl import pipeline
-
-        pipeline.run(_load(args))
-        return 0
-    if args.command in ("sft", "rm"):
-        from pagerl import pipeline
-
-        out = pipeline.run(_load(args), stages=[args.command])
-        return 0 if out.get(args.command, {}).get("finished") else 3
-    if args.command == "eval":
-        from pagerl import pipeline
-        from pagerl.eval.evaluate import run_eval_stage
-
-        recipe = _load(args)
-        run_dir = pipeline.prepare_run_dir(recipe)
-        default = run_dir / "sft" / "final"
-        model = args.model or (str(default) if (default / "config.json").is_file() else None)
-        results = run_eval_stage(recipe, run_dir, model_dir=model)
-        print(json.dumps(results.get("methods", results), indent=2))
-        return 0
+        return _run_stages(args, None)
+    if args.command in _STAGE_COMMANDS:
+        return _run_stages(args, [args.command])
+    if args.command == "eval-policy":
+        return _eval_policy(args)
     if args.command == "data":
         return _data(args)
     return 2
+
+
+def _eval_policy(args: argparse.Namespace) -> int:
+    from pagerl import pipeline
+    from pagerl.eval.evaluate import run_eval_stage
+
+    recipe = _load(args)
+    model = Path(args.model).resolve()
+    if not (model / "config.json").is_file():
+        raise PageRLError(f"--model {args.model}: no saved policy there (expected a directory with config.json)")
+    run_eval_stage(recipe, pipeline.prepare_run_dir(recipe), policies={"policy": str(model)})
+    return 0
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -100,7 +121,7 @@ def _data(args: argparse.Namespace) -> int:
         recipe = _load(args)
         out = Path(args.out) if args.out else pipeline.run_dir_of(recipe) / "data"
         stats = synthesize(recipe.sim, recipe.run.seed, out, fmt=args.format)
-        print(json.dumps(pipeline._jsonable(stats), indent=2))
+        print(json.dumps(pipeline.jsonable(stats), indent=2))
         return 0
     from pagerl.data.io import validate_file
 

@@ -1,29 +1,41 @@
-"""The main job end to end: `pagerl run recipes/quickstart.yaml`, asserting on what it logged."""
+"""The main job end to end, as the README tells a new user to type it, asserting on what it logged.
+
+The command comes from the README itself (the ``main_command`` fixture of conftest) and
+runs unchanged in a shell whose working directory is a fresh copy of the repository,
+so its relative paths (the recipe, ``runs/quickstart``) are exactly a user's.
+"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+pytestmark = pytest.mark.slow
 
 
-def test_quickstart_end_to_end(tmp_path):
-    proc = subprocess.run(
-        ["pagerl", "run", str(REPO / "recipes/quickstart.yaml"), f"run.output_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=1200, cwd=tmp_path,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
-    run_dir = tmp_path / "quickstart"
+def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
+    repo, command = fresh_repo, main_command
+    proc = typed(command, repo, timeout=1500)
+    shown = proc.stdout + proc.stderr
+    assert proc.returncode == 0, shown[-5000:]
+    run_dir = repo / "runs" / "quickstart"
     assert f"run directory: {run_dir}" in proc.stdout
     assert f"report:        {run_dir / 'report.md'}" in proc.stdout
-    assert "[sft] step" in log  # progress was shown
+    assert f"log:           {run_dir / 'logs' / 'run.log'}" in proc.stdout
 
-    # the resolved recipe is kept
-    assert "name: quickstart" in (run_dir / "recipe.yaml").read_text()
+    # What the terminal shows is for a person: the stages, their progress and headlines;
+    # the libraries' output is in the log file.
+    assert "[sft] step" in proc.stdout and "[eval] done in" in proc.stdout
+    assert len(shown.splitlines()) < 60, shown
+    for noise in ("DeprecationWarning", "(RayTrainWorker", "\x1b[36m", "[DeepSpeed]", "INFO"):
+        assert noise not in shown, noise
+    log = (run_dir / "logs" / "run.log").read_text()
+    assert "[sft] step" in log and len(log.splitlines()) > len(proc.stdout.splitlines())
+
+    # the resolved recipe is kept, every path absolute
+    recipe = (run_dir / "recipe.yaml").read_text()
+    assert "name: quickstart" in recipe and f"output_dir: {repo / 'runs'}" in recipe
 
     # metrics: SFT loss per logged step, falling; eval aggregates
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -45,7 +57,8 @@ def test_quickstart_end_to_end(tmp_path):
     # the evaluation table: every method scored on the same held-out requests; constrained
     # decoding gives only valid pages; the oracle is the ceiling; the SFT policy is ahead of
     # random (by far more than the standard errors) and of the logging policy it cloned.
-    methods = json.loads((run_dir / "eval" / "results.json").read_text())["methods"]
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    methods = results["methods"]
     assert {"sft", "random", "popularity", "logging", "oracle"} <= set(methods)
     clicks = {name: m["expected_clicks"] for name, m in methods.items()}
     assert methods["sft"]["valid_rate"] == 1.0
@@ -55,9 +68,18 @@ def test_quickstart_end_to_end(tmp_path):
     assert clicks["sft"] > clicks["random"] + 3 * (se["sft"] + se["random"]), clicks
     assert clicks["sft"] > clicks["logging"], clicks
     # ... and ahead of logging on the same requests by more than twice the paired standard error
-    vs_logging = json.loads((run_dir / "eval" / "results.json").read_text())["paired"]["logging"]
+    vs_logging = results["paired"]["sft"]["logging"]
     assert vs_logging["expected_clicks_diff"] > 2 * vs_logging["expected_clicks_diff_se"], vs_logging
-    assert f"{clicks['sft']:.3f} ± " in (run_dir / "report.md").read_text()  # the report's table shows it
-
     report = (run_dir / "report.md").read_text()
-    assert "sft" in report and list((run_dir / "plots").glob("*.png"))
+    assert f"{clicks['sft']:.3f} ± " in report  # the report's table shows it
+    assert list((run_dir / "plots").glob("*.png"))
+
+    # The same command again continues the run: every stage is complete, so each is
+    # skipped, nothing is appended to the metrics, and the report is rewritten from the run dir.
+    metrics_before = (run_dir / "metrics.jsonl").read_text()
+    again = typed(command, repo, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    for stage in ("synth", "sft", "rm", "eval"):
+        assert f"[{stage}] already complete" in again.stdout, again.stdout
+    assert (run_dir / "metrics.jsonl").read_text() == metrics_before
+    assert (run_dir / "report.md").read_text() == report

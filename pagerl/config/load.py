@@ -9,7 +9,11 @@ so an error names the file (and line) or the override that introduced it:
 - an unknown key, with the closest valid key suggested;
 - a value of the wrong type;
 - a required value (``???`` in the schema) that no layer sets;
-- an inconsistent combination (rules in :mod:`pagerl.config.validate`).
+- an inconsistent combination (rules in :mod:`pagerl.config.validate`);
+- a path key naming an input that does not exist, or a URI (:mod:`pagerl.config.paths`).
+
+Every path key is made absolute against the directory the command was
+started in, once, here (:mod:`pagerl.config.paths` says why).
 
 Values are parsed as YAML scalars, never evaluated as code. OmegaConf
 interpolations between keys (``${sim.page_size}``) are allowed; resolvers
@@ -29,6 +33,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pagerl.config.paths import resolve_paths
 from pagerl.config.schema import RecipeConfig
 from pagerl.errors import RecipeError
 
@@ -226,7 +231,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[Recipe
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or "?"
         raise RecipeError(f"{provenance.get(key, Path(path))}: '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
-    check_consistency(recipe, lambda key: provenance.get(key, f"{path} (default of '{key}')"))
+    where = lambda key: provenance.get(key, f"{path} (default of '{key}')")  # noqa: E731
+    check_consistency(recipe, where)
+    resolve_paths(recipe, where)
     return recipe, provenance
 
 

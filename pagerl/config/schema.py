@@ -24,15 +24,19 @@ class RunConfig:
     """Where a run writes and how it is reproduced."""
 
     name: str = MISSING
-    # Root under which the run directory ``<output_dir>/<name>`` is created.
-    # On a cluster this is shared storage (a mounted path or an fsspec URI
-    # that Ray Train understands, such as s3://bucket/prefix).
+    # Root under which the run directory ``<output_dir>/<name>`` is created:
+    # a local path, or on a multi-node cluster a mount every node sees (URIs
+    # such as s3:// are refused at load). Like every path key it is made
+    # absolute against the directory the command was started in, when the
+    # recipe loads (pagerl.config.paths).
     output_dir: str = "runs"
     seed: int = 0
-    # Stages run in order by ``pagerl run``: any of synth, sft, rm, eval.
+    # Stages run in order by ``pagerl run``: names in pagerl.stages.STAGES
+    # (synth, sft, rm, rl, eval). A stage whose output is already complete in
+    # the run directory is skipped.
     stages: List[str] = field(default_factory=lambda: ["synth", "sft", "eval"])
-    # Re-use an existing run directory and resume each stage from its last
-    # checkpoint instead of refusing to overwrite it.
+    # Re-use an existing run directory: skip complete stages and resume the
+    # others from their last checkpoint, instead of refusing to overwrite it.
     resume: bool = True
 
 
@@ -67,7 +71,6 @@ class SimConfig:
     logging_noise: float = 0.6
     num_train_requests: int = 3000
     num_eval_requests: int = 200
-    # --- Added by the data/simulator helper (pagerl.sim) ---
     # Offset of the relevance logit: sigmoid(relevance_scale * s + relevance_bias)
     # is the click probability of an examined item; lower means fewer clicks.
     relevance_bias: float = -5.0
@@ -135,7 +138,8 @@ class ModelConfig:
     """The policy model and its tokenizer."""
 
     # "tiny" builds a model from `tiny` with a tokenizer fitted locally to the
-    # training data; anything else is a path to a Hugging Face causal-LM dir.
+    # training data; anything else is a path to a Hugging Face causal-LM dir
+    # (it must exist when the recipe loads).
     source: str = "tiny"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     # sdpa | eager | flash_attention_2 (GPU with the `gpu` extra only)
@@ -149,8 +153,7 @@ class ModelConfig:
     # from scratch did not learn which candidates to pick.
     candidate_pointer: bool = True
     max_prompt_tokens: int = 256
-    # Added by the tokenization/models helper: how a request becomes a prompt
-    # (pagerl.tokenization.serialize). A price is shown as "price_<b>", b the
+    # How a request becomes a prompt (pagerl.tokenization.serialize). A price is shown as "price_<b>", b the
     # number of these edges it reaches (log-spaced by default, so a bucket is
     # a price range of roughly constant ratio).
     price_bucket_edges: List[float] = field(
@@ -207,15 +210,17 @@ class SFTConfig:
     # Interrupt the stage (as a crash would) after this many steps; used to
     # test resume. 0 never interrupts.
     stop_after_steps: int = 0
+    # Train the NLL of the constrained policy (only the request's unused
+    # candidates, then EOS after K items: the distribution the policy acts
+    # with at eval and in RL) instead of the full-vocabulary softmax, whose
+    # gradient also spends capacity pushing down tokens the constraint masks.
+    constrained_loss: bool = False
 
 
 @dataclass
 class RewardConfig:
     """Rewards of the RL stage: where they come from, how they are spread over
-    a page's tokens, and the Ray workers that compute them (pagerl.rewards).
-
-    Added by the rewards helper (sources, workers, token-level assembly).
-    """
+    a page's tokens, and the Ray workers that compute them (pagerl.rewards)."""
 
     # Where rewards come from, a name in pagerl.rewards.sources.REWARD_SOURCES:
     # "learned" (the trained page and item reward models), "simulator" (the
@@ -232,7 +237,8 @@ class RewardConfig:
     function: str = ""
     # Directories put in front of sys.path, in the driver and in every reward
     # worker, before rewards.function is imported (for a module that is not
-    # installed); relative paths are taken from the working directory.
+    # installed); made absolute at load, against the directory the command
+    # was started in.
     python_path: List[str] = field(default_factory=list)
     # Token rewards: each item's reward goes on its index token times w_item,
     # the page reward on EOS times w_page. Page-only: w_item=0; item-only: w_page=0.
@@ -258,7 +264,6 @@ class RewardConfig:
     max_batch_retries: int = 3
 
 
-# --- Added by the reward-model helper (pagerl.rewards.pairs / rm_stage) ---
 @dataclass
 class PairFamilyConfig:
     """One family of preference pairs: whether it is built, how much it counts."""
@@ -387,7 +392,7 @@ class TrainerRoleConfig:
 class KLConfig:
     """The KL divergence to the reference (SFT) policy."""
 
-    # k1: log r, k2: (log r)^2 / 2, k3: r - 1 - log r with r = p_ref / p
+    # k1: -log r, k2: (log r)^2 / 2, k3: r - 1 - log r with r = p_ref / p
     # (pagerl.rl.algorithms.kl documents them).
     estimator: str = "k3"
     # "reward": -coef * KL_t is added to the token rewards; "loss": coef * KL
@@ -491,8 +496,9 @@ class TrackingConfig:
     jsonl: bool = True
     tensorboard: bool = True
     report: bool = True
-    # Added by the tracking helper: seconds between two progress lines of a
-    # long loop (pagerl.tracking.progress.Progress); the last step always prints.
+    # Seconds between two progress lines of a long loop in a log or a
+    # non-interactive terminal (pagerl.tracking.progress.Progress); the last
+    # step always prints.
     progress_every_s: float = 10.0
 
 
@@ -506,7 +512,6 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
-    # Added by the reward-model helper.
     pairs: PairsConfig = field(default_factory=PairsConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)

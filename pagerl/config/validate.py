@@ -15,7 +15,6 @@ from pagerl.errors import RecipeError
 Finding = Optional[Tuple[str, str]]
 RULES: List[Callable[[RecipeConfig], Finding]] = []
 
-STAGES = ("synth", "sft", "rm", "eval")
 
 
 def rule(fn: Callable[[RecipeConfig], Finding]) -> Callable[[RecipeConfig], Finding]:
@@ -31,6 +30,9 @@ def _one_of(key: str, value: object, allowed: Tuple[str, ...]) -> Finding:
 
 @rule
 def _stages(r: RecipeConfig) -> Finding:
+    from pagerl.stages import STAGES as registered
+
+    STAGES = tuple(registered)
     for stage in r.run.stages:
         if stage not in STAGES:
             return "run.stages", f"unknown stage {stage!r}; stages are {', '.join(STAGES)}"
@@ -155,7 +157,7 @@ def check_consistency(recipe: RecipeConfig, where: Callable[[str], str]) -> None
             raise RecipeError(f"{where(key)}: '{key}': {message}")
 
 
-# --- Added by the rewards helper: the rewards section (pagerl.rewards). ---
+# The rewards section (pagerl.rewards).
 
 
 @rule
@@ -212,7 +214,7 @@ def _reward_workers(r: RecipeConfig) -> Finding:
     return None
 
 
-# --- Added by the reward-model helper: preference pairs and reward models ---
+# Preference pairs and reward models.
 @rule
 def _pairs(r: RecipeConfig) -> Finding:
     p = r.pairs
@@ -272,4 +274,59 @@ def _rm(r: RecipeConfig) -> Finding:
             return "data.eval_files", (
                 "the rm stage reports its quality on held-out impressions: list files here or add 'synth' to run.stages"
             )
+    return None
+
+
+# The RL stage.
+@rule
+def _rl(r: RecipeConfig) -> Finding:
+    c = r.rl
+    for key in ("steps", "requests_per_step", "epochs_per_step", "minibatches_per_epoch"):
+        if getattr(c, key) < 1:
+            return f"rl.{key}", f"expected at least 1, got {getattr(c, key)}"
+    for key, value in (("rl.rollout.num_workers", c.rollout.num_workers), ("rl.trainer.num_ranks", c.trainer.num_ranks),
+                       ("rl.trainer.micro_batch_size", c.trainer.micro_batch_size),
+                       ("rl.rollout.samples_per_request", c.rollout.samples_per_request),
+                       ("rl.rollout.batch_size", c.rollout.batch_size)):
+        if value < 1:
+            return key, f"expected at least 1, got {value}"
+    for key, value in (("rl.rollout.cpus_per_worker", c.rollout.cpus_per_worker),
+                       ("rl.trainer.cpus_per_rank", c.trainer.cpus_per_rank)):
+        if value <= 0:
+            return key, f"expected a positive number of CPUs, got {value}"
+    if c.trainer.zero_stage not in (1, 2, 3):
+        return "rl.trainer.zero_stage", f"expected 1, 2 or 3, got {c.trainer.zero_stage}"
+    pages = c.requests_per_step * c.rollout.samples_per_request
+    per_minibatch, rest = divmod(pages, c.trainer.num_ranks * c.minibatches_per_epoch)
+    if rest or per_minibatch % c.trainer.micro_batch_size:
+        return "rl.requests_per_step", (
+            f"a step's {pages} pages (rl.requests_per_step x rl.rollout.samples_per_request) must split into "
+            f"rl.trainer.num_ranks ({c.trainer.num_ranks}) x rl.minibatches_per_epoch ({c.minibatches_per_epoch}) "
+            f"minibatches of whole micro-batches of rl.trainer.micro_batch_size ({c.trainer.micro_batch_size})")
+    if not c.rollout.constrained:
+        return "rl.rollout.constrained", "the RL stage needs constrained rollouts (valid pages only) for now"
+    if not (0 < c.rollout.top_p <= 1):
+        return "rl.rollout.top_p", f"expected a value in (0, 1], got {c.rollout.top_p}"
+    if c.rollout.temperature <= 0:
+        return "rl.rollout.temperature", f"expected a positive temperature, got {c.rollout.temperature}"
+    if c.lr <= 0 or c.critic_lr <= 0:
+        return ("rl.lr" if c.lr <= 0 else "rl.critic_lr"), "expected a positive learning rate"
+    if c.timeout_s < 10:
+        return "rl.timeout_s", f"expected at least 10 seconds, got {c.timeout_s}"
+    if c.sync.bucket_mb <= 0:
+        return "rl.sync.bucket_mb", f"expected a positive size, got {c.sync.bucket_mb}"
+    if c.sync.max_logprob_delta <= 0:
+        return "rl.sync.max_logprob_delta", f"expected a positive bound, got {c.sync.max_logprob_delta}"
+    if "rl" in r.run.stages and r.rewards.normalize not in ("none", "running"):
+        return "rewards.normalize", ("the RL stage normalises within groups and per slot in its advantage "
+                                     "estimators (rl.algorithm, rl.baseline_scope); use 'running' or 'none'")
+    if "rl" in r.run.stages:
+        from pagerl.rl.algorithms import resolve_algorithm
+
+        try:
+            resolve_algorithm(c)
+        except ValueError as exc:
+            text = str(exc)
+            key = text.split(":", 1)[0] if text.startswith("rl.") else "rl.algorithm"
+            return key, text
     return None

@@ -15,12 +15,18 @@ from typing import Any, Callable, Dict, Optional
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.distributed import checkpoint as ckpt
+from pagerl.tracking.console import MetricsWatcher
 
 
 def backend_of(recipe: RecipeConfig) -> str:
-    if recipe.distributed.backend != "auto":
-        return recipe.distributed.backend
-    return "nccl" if recipe.distributed.use_gpu else "gloo"
+    return backend_for(recipe.distributed.backend, recipe.distributed.use_gpu)
+
+
+def backend_for(backend: str, use_gpu: bool) -> str:
+    """``distributed.backend``, with ``auto`` meaning NCCL on GPUs and gloo on CPUs."""
+    if backend != "auto":
+        return backend
+    return "nccl" if use_gpu else "gloo"
 
 
 def fit_stage(
@@ -30,11 +36,15 @@ def fit_stage(
     worker: Callable[[Dict[str, Any]], None],
     config: Dict[str, Any],
     resume_from: Optional[Path] = None,
+    total_steps: Optional[int] = None,
+    start_step: int = 0,
 ) -> Optional[Path]:
     """Run ``worker`` on the recipe's worker group; returns the stage's latest complete checkpoint.
 
     ``config`` reaches every worker as its argument, plus ``recipe``,
     ``run_dir`` and ``resume_from`` (the checkpoint to start from, or "").
+    While it runs, the driver shows the stage's progress (``total_steps``)
+    from the loss rows rank 0 logs (:class:`pagerl.tracking.console.MetricsWatcher`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -54,5 +64,7 @@ def fit_stage(
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )
-    trainer.fit()
+    with MetricsWatcher(run_dir, name, total_steps, {"loss": "loss"},
+                        every_s=recipe.tracking.progress_every_s, start_step=start_step):
+        trainer.fit()
     return ckpt.latest_checkpoint(run_dir / name)

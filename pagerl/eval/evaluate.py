@@ -244,7 +244,7 @@ def baseline_pages(name: str, sim: Simulator, requests: Sequence[Request], seed:
     return MethodPages(pages=pages, notes=notes)
 
 
-def _check_methods(recipe: Any, model_dir: Optional[str], policy_name: str) -> List[str]:
+def _check_methods(recipe: Any, policies: Mapping[str, str]) -> List[str]:
     """The baselines to run, checked before any expensive work."""
     names = [str(b) for b in recipe.eval.baselines]
     unknown = [b for b in names if b not in BASELINES]
@@ -252,18 +252,19 @@ def _check_methods(recipe: Any, model_dir: Optional[str], policy_name: str) -> L
         raise EvalError(f"eval.baselines: unknown baseline(s) {unknown}; known: {', '.join(sorted(BASELINES))}")
     if len(set(names)) != len(names):
         raise EvalError(f"eval.baselines: a baseline is listed twice: {names}")
-    if model_dir is not None and policy_name in names:
-        raise EvalError(f"policy name {policy_name!r} is also a baseline name in eval.baselines")
-    if model_dir is None and not names:
+    clash = sorted(set(policies) & set(names))
+    if clash:
+        raise EvalError(f"policy name {clash[0]!r} is also a baseline name in eval.baselines")
+    if not policies and not names:
         raise EvalError("nothing to evaluate: no policy checkpoint and eval.baselines is empty")
     return names
 
 
-def _method_order(baselines: Sequence[str], learned: Optional[str]) -> List[str]:
-    """Floors first, then the learned policy, then the ground-truth ceilings."""
+def _method_order(baselines: Sequence[str], learned: Sequence[str]) -> List[str]:
+    """Floors first, then the learned policies (in the order the run made them), then the ceilings."""
     floors = [b for b in baselines if b not in CEILINGS]
     ceilings = [b for b in baselines if b in CEILINGS]
-    return floors + ([learned] if learned else []) + ceilings
+    return floors + list(learned) + ceilings
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -291,20 +292,23 @@ def _page_record(page: Page, score: PageScore, generation: Optional[Dict[str, An
 def run_eval_stage(
     recipe: Any,
     run_dir: str | os.PathLike,
-    model_dir: Optional[str] = None,
-    policy_name: str = "sft",
+    policies: Optional[Mapping[str, str]] = None,
     step: int = 0,
 ) -> Dict[str, Any]:
-    """Evaluate the policy in ``model_dir`` (if any) and ``eval.baselines``; write and return the results.
+    """Evaluate each policy of ``policies`` (name -> saved policy dir) and ``eval.baselines``.
 
     The simulator is rebuilt from ``(recipe.sim, recipe.run.seed)``, the world
     the held-out data must come from (a request from another world is
     refused by the simulator with a message saying so). ``step`` is the
-    metrics step of the logged aggregates (e.g. the policy's training step).
+    metrics step of the logged aggregates. Every learned policy is compared
+    request by request with every baseline and with each policy made before
+    it (``results["paired"][policy][other]``: policy minus other), so an RL
+    policy is measured against the SFT policy it started from.
     """
     run_dir = Path(run_dir)
-    learned = policy_name if model_dir is not None else None
-    baselines = _check_methods(recipe, model_dir, policy_name)
+    policies = dict(policies or {})
+    learned = list(policies)
+    baselines = _check_methods(recipe, policies)
     requests = heldout_requests(recipe, run_dir)
     sim = Simulator(World.from_config(recipe.sim, recipe.run.seed))
     for request in requests:
@@ -313,17 +317,17 @@ def run_eval_stage(
     k = int(recipe.eval.ndcg_k) or None
 
     produced: Dict[str, MethodPages] = {}
-    if learned:
-        produced[learned] = policy_pages(recipe, str(model_dir), requests)
+    for name, model_dir in policies.items():
+        produced[name] = policy_pages(recipe, str(model_dir), requests)
     for name in baselines:
         produced[name] = baseline_pages(name, sim, requests, recipe.run.seed, recipe.tracking.progress_every_s)
     order = _method_order(baselines, learned)
     scores = {name: score_method(produced[name].pages, requests, sim, k=k) for name in order}
-    if learned:
+    for name in learned:
         # A missing learned page is invalid for the parser's reason (duplicate, no_eos, ...).
-        scores[learned] = [
+        scores[name] = [
             dataclasses.replace(s, reason=g["reason"]) if page is None else s
-            for s, g, page in zip(scores[learned], produced[learned].generation, produced[learned].pages)
+            for s, g, page in zip(scores[name], produced[name].generation, produced[name].pages)
         ]
     table = {name: aggregate(scores[name]) for name in order}
 
@@ -333,16 +337,17 @@ def run_eval_stage(
         "methods": table,
         "k": k or (page_sizes.pop() if len(page_sizes) == 1 else None),
         "num_requests": len(requests),
-        "policy_name": learned,
-        "model_dir": str(model_dir) if model_dir is not None else None,
+        "policies": {name: str(d) for name, d in policies.items()},
         "decoding": str(recipe.eval.decoding),
         "temperature": float(recipe.eval.temperature),
         "constrained": bool(recipe.eval.constrained),
         "seed": int(recipe.run.seed),
         "invalid_reasons": {name: counts for name, counts in invalid.items() if counts},
-        # learned minus each baseline, request by request (pagerl.eval.evaluate.paired_differences)
-        "paired": ({name: paired_differences(scores[learned], scores[name]) for name in baselines}
-                   if learned else {}),
+        # each learned policy minus each baseline and each earlier policy, request by request
+        # (pagerl.eval.evaluate.paired_differences)
+        "paired": {name: {other: paired_differences(scores[name], scores[other])
+                          for other in learned[:i] + baselines}
+                   for i, name in enumerate(learned)},
         "notes": [note for name in order for note in produced[name].notes],
     }
 

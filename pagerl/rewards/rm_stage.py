@@ -188,7 +188,8 @@ def run_rm_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Impr
         latest = fit_stage(recipe, run_dir, STAGE, rm_worker, {
             "init_dir": str(stage_dir / "init"),
             "examples_ref": ray.put(examples),
-        }, resume_from=latest)
+        }, resume_from=latest, total_steps=schedule.total_steps,
+           start_step=int(ckpt.read_trainer_state(latest)["step"]) if latest else 0)
     if latest is None:
         raise RuntimeError(f"{stage_dir}: the reward-model stage ended without a complete checkpoint")
     state = ckpt.read_trainer_state(latest)

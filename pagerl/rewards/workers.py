@@ -93,20 +93,25 @@ def _chunks(n: int, size: int) -> List[Tuple[int, int]]:
 class RewardWorkerGroup:
     """``rewards.num_workers`` reward actors and the batching and retries around them."""
 
-    def __init__(self, recipe: RecipeConfig, run_dir: Path | str) -> None:
+    def __init__(self, recipe: RecipeConfig, run_dir: Path | str, placement: Optional[Tuple[Any, int]] = None) -> None:
+        """``placement``: ``(placement_group, first_bundle_index)`` to run worker i in bundle first + i
+        (the RL stage reserves every role's resources in one placement group)."""
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         cfg = recipe.rewards
         # Bad paths and missing model directories fail here, in the driver,
         # with the recipe key -- not as a dead actor's traceback.
         check_reward_source(recipe, Path(run_dir))
         self.cfg = cfg
-        actor = ray.remote(RewardWorker).options(
-            num_cpus=cfg.cpus_per_worker,
-            max_restarts=cfg.max_restarts,
-            max_task_retries=0,
-        )
-        self._actors = [actor.remote(recipe, str(run_dir)) for _ in range(cfg.num_workers)]
+        actor = ray.remote(RewardWorker)
+        options = dict(num_cpus=cfg.cpus_per_worker, max_restarts=cfg.max_restarts, max_task_retries=0)
+        self._actors = []
+        for i in range(cfg.num_workers):
+            if placement is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                    placement_group=placement[0], placement_group_bundle_index=int(placement[1]) + i)
+            self._actors.append(actor.options(**options).remote(recipe, str(run_dir)))
         self._dead: set = set()
         self.stats: Dict[str, float] = {"pages": 0, "chunks": 0, "retries": 0, "workers_lost": 0, "seconds": 0.0}
         # One line per retry: (chunk start, attempt, worker index, error class).

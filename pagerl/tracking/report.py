@@ -299,22 +299,27 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
 
 
 def _paired_lines(results: Dict[str, Any]) -> List[str]:
-    """The learned policy minus each baseline on the same requests (``results["paired"]``)."""
-    paired, learned = results.get("paired"), results.get("policy_name")
-    if not isinstance(paired, dict) or not paired or not learned:
+    """Each learned policy minus each other method on the same requests (``results["paired"]``)."""
+    paired = results.get("paired")
+    if not isinstance(paired, dict) or not paired:
         return []
-    lines = ["", f"Paired comparison: `{learned}` minus each baseline, request by request "
-             "(`pagerl.eval.evaluate.paired_differences`; mean ± standard error of the difference, and "
-             f"the share of requests where `{learned}`'s page scores higher):", ""]
-    rows = []
-    for name, diff in paired.items():
-        if not isinstance(diff, dict):
-            continue
-        rows.append([f"`{name}`"] + [
-            f"{_mean_se(diff.get(f'{m}_diff'), diff.get(f'{m}_diff_se'))} (wins {_fmt(diff.get(f'{m}_win_rate'))})"
-            for m in ("expected_clicks", "ndcg")])
     k = results.get("k")
-    return lines + _table(["baseline", "expected_clicks", f"ndcg@{k}" if k else "ndcg"], rows)
+    lines: List[str] = []
+    for learned, against in paired.items():
+        if not isinstance(against, dict) or not against:
+            continue
+        lines += ["", f"Paired comparison: `{learned}` minus each other method, request by request "
+                  "(`pagerl.eval.evaluate.paired_differences`; mean ± standard error of the difference, and "
+                  f"the share of requests where `{learned}`'s page scores higher):", ""]
+        rows = []
+        for name, diff in against.items():
+            if not isinstance(diff, dict):
+                continue
+            rows.append([f"`{name}`"] + [
+                f"{_mean_se(diff.get(f'{m}_diff'), diff.get(f'{m}_diff_se'))} (wins {_fmt(diff.get(f'{m}_win_rate'))})"
+                for m in ("expected_clicks", "ndcg")])
+        lines += _table(["against", "expected_clicks", f"ndcg@{k}" if k else "ndcg"], rows)
+    return lines
 
 
 def _is_metric(key: str) -> bool:

@@ -12,12 +12,8 @@ import secrets
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -48,8 +44,10 @@ def head(tmp_path):
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_job_submit_runs_the_pipeline(head, tmp_path):
+def test_job_submit_runs_the_pipeline(head, tmp_path, fresh_repo):
     env, address = head
+    # On a cluster the run directory is shared storage, named by an absolute path; the
+    # recipe is the repository's, relative to the uploaded working directory.
     out = tmp_path / "runs"
     # without the token the head refuses the job
     no_token = {k: v for k, v in env.items() if k not in ("RAY_AUTH_TOKEN",)}
@@ -58,13 +56,13 @@ def test_job_submit_runs_the_pipeline(head, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower()
 
-    command = ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO),
+    command = ["ray", "job", "submit", "--address", address, "--working-dir", ".",
                "--", "pagerl", "run", "recipes/ci_small.yaml", f"run.output_dir={out}", "sft.max_steps=2",
                "sft.checkpoint_every=2", "eval.num_requests=10", "sim.num_train_requests=200"]
     # The head answers before its job agent is up ("No available agent to submit job"):
     # wait for the agent, a bounded number of times, as a user would.
     for _ in range(30):
-        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=fresh_repo)
         log = submit.stdout + submit.stderr
         if "No available agent" not in log:
             break

@@ -164,7 +164,7 @@ def test_each_baseline_has_its_own_stream(sim, requests):
 
 def test_stage_scores_the_policy_and_baselines_and_writes_its_files(tmp_path, data_dir, checkpoint):
     run = _run_dir(tmp_path, data_dir)
-    results = run_eval_stage(make_recipe(), run, model_dir=checkpoint)
+    results = run_eval_stage(make_recipe(), run, policies={"sft": checkpoint})
 
     methods = results["methods"]
     assert list(methods) == ["random", "popularity", "logging", "sft", "greedy", "oracle"]
@@ -188,22 +188,22 @@ def test_stage_scores_the_policy_and_baselines_and_writes_its_files(tmp_path, da
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
 
     # Repeatable: the same recipe scores the same pages the same way.
-    again = run_eval_stage(make_recipe(), tmp_path / "run", model_dir=checkpoint)
+    again = run_eval_stage(make_recipe(), tmp_path / "run", policies={"sft": checkpoint})
     assert again == results
 
     # the paired comparison is the per-request difference, recomputable from pages.jsonl
-    assert set(results["paired"]) == set(BASELINE_NAMES)
+    assert set(results["paired"]) == {"sft"} and set(results["paired"]["sft"]) == set(BASELINE_NAMES)
     rows = [json.loads(line)["pages"] for line in lines]
     diff = [r["sft"]["expected_clicks"] - r["logging"]["expected_clicks"] for r in rows]
-    paired = results["paired"]["logging"]
+    paired = results["paired"]["sft"]["logging"]
     assert paired["expected_clicks_diff"] == pytest.approx(np.mean(diff))
     assert paired["expected_clicks_diff_se"] == pytest.approx(np.std(diff, ddof=1) / math.sqrt(len(diff)))
     assert paired["expected_clicks_win_rate"] == pytest.approx(np.mean([d > 0 for d in diff]))
-    assert results["paired"]["oracle"]["expected_clicks_diff"] <= 1e-12
+    assert results["paired"]["sft"]["oracle"]["expected_clicks_diff"] <= 1e-12
 
     report = write_report(run).read_text()
     assert "| `sft`" in report and (run / "plots" / "eval_bars.png").is_file()
-    assert "Paired comparison: `sft` minus each baseline" in report
+    assert "Paired comparison: `sft` minus each other method" in report
 
 
 def test_paired_differences_by_hand(sim, requests):
@@ -225,7 +225,7 @@ def test_paired_differences_by_hand(sim, requests):
 def test_unconstrained_sampling_reports_invalid_pages_with_reasons(tmp_path, data_dir, checkpoint):
     run = _run_dir(tmp_path, data_dir)
     recipe = make_recipe(constrained=False, decoding="sample", baselines=["random"])
-    results = run_eval_stage(recipe, run, model_dir=checkpoint, policy_name="sft_free")
+    results = run_eval_stage(recipe, run, policies={"sft_free": checkpoint})
     row = results["methods"]["sft_free"]
     # An untrained model sampling from its whole vocabulary almost never lays out a valid page.
     assert row["valid_rate"] < 0.5
@@ -241,15 +241,15 @@ def test_stage_without_a_policy_and_with_a_request_limit(tmp_path, data_dir):
     run = _run_dir(tmp_path, data_dir)
     results = run_eval_stage(make_recipe(num_requests=5, baselines=["popularity", "oracle"]), run)
     assert list(results["methods"]) == ["popularity", "oracle"]
-    assert results["num_requests"] == 5 and results["policy_name"] is None
+    assert results["num_requests"] == 5 and results["policies"] == {} and results["paired"] == {}
 
 
 def test_stage_refuses_bad_settings_before_any_work(tmp_path, data_dir, checkpoint):
     run = _run_dir(tmp_path, data_dir)
     with pytest.raises(EvalError, match="eval.baselines: unknown baseline.*'nope'"):
-        run_eval_stage(make_recipe(baselines=["random", "nope"]), run, model_dir=checkpoint)
+        run_eval_stage(make_recipe(baselines=["random", "nope"]), run, policies={"sft": checkpoint})
     with pytest.raises(EvalError, match="policy name 'random'"):
-        run_eval_stage(make_recipe(), run, model_dir=checkpoint, policy_name="random")
+        run_eval_stage(make_recipe(), run, policies={"random": checkpoint})
     with pytest.raises(EvalError, match="not found"):
         run_eval_stage(make_recipe(), tmp_path / "empty_run")
     assert not (run / "eval").exists()
@@ -261,4 +261,4 @@ def test_data_from_another_world_is_refused(tmp_path, data_dir):
     recipe.run.seed = SEED + 1  # a different world: the logged item ids do not match it
     # Refused before the policy is even loaded (this checkpoint path does not exist).
     with pytest.raises(ValueError, match="does not belong to this world"):
-        run_eval_stage(recipe, run, model_dir=str(tmp_path / "no_checkpoint"))
+        run_eval_stage(recipe, run, policies={"sft": str(tmp_path / "no_checkpoint")})

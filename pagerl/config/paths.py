@@ -1,0 +1,95 @@
+"""Every path a recipe carries, resolved once, when the recipe is loaded.
+
+Why here and nowhere else: a recipe travels to Ray actors and Ray Train
+workers, and Ray Train changes each worker's working directory to the run's
+storage directory, so a relative path that a worker receives points somewhere
+else than it did for the user who typed it. Resolving every path key to an
+absolute path at load, against the directory the command was started in,
+leaves no code after the loader that depends on its current directory; the
+run directory keeps this resolved recipe, so it records where every input was.
+
+``PATH_KEYS`` lists every recipe key that holds a path (or a list of paths),
+with whether it must already exist when the recipe loads. A key added to the
+schema that holds a path must be added here; ``tests/config/test_paths.py``
+checks that no schema field whose name says "dir", "file" or "path" is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from pagerl.errors import RecipeError
+
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+@dataclass(frozen=True)
+class PathKey:
+    """One recipe key that holds a path (``many``: a list of paths)."""
+
+    key: str
+    many: bool = False
+    # "file", "dir" or "" (need not exist yet: the run creates it).
+    must_exist: str = ""
+    # Values that are names, not paths (``model.source: tiny``).
+    names: tuple = ()
+    # Resolve only when this returns True for the recipe (e.g. rewards.model_dir when set).
+    when: Optional[Callable[[object], bool]] = None
+
+
+PATH_KEYS = (
+    PathKey("run.output_dir"),
+    PathKey("data.train_files", many=True, must_exist="file"),
+    PathKey("data.eval_files", many=True, must_exist="file"),
+    PathKey("model.source", must_exist="dir", names=("tiny",)),
+    # Filled by the rm stage of the same run when empty; a set one must exist
+    # unless this run trains it.
+    PathKey("rewards.model_dir", must_exist="dir",
+            when=lambda r: "rm" not in r.run.stages),
+    PathKey("rewards.python_path", many=True, must_exist="dir"),
+)
+
+
+def resolve_paths(recipe: object, where: Callable[[str], str], base: Optional[Path] = None) -> None:
+    """Make every path key of ``recipe`` absolute, in place; refuse missing inputs and URIs.
+
+    ``base`` is the directory relative paths are taken from (default: the
+    current directory, i.e. where the command was started). ``where(key)``
+    says where a key was set, for the error message.
+    """
+    base = Path(base) if base is not None else Path.cwd()
+    for spec in PATH_KEYS:
+        section, name = spec.key.split(".")
+        holder = getattr(recipe, section)
+        value = getattr(holder, name)
+        if spec.many:
+            setattr(holder, name, [_resolve_one(spec, v, recipe, base, where) for v in value])
+        elif value:
+            setattr(holder, name, _resolve_one(spec, value, recipe, base, where))
+
+
+def _resolve_one(spec: PathKey, value: str, recipe: object, base: Path, where: Callable[[str], str]) -> str:
+    if value in spec.names:
+        return value
+    if _URI.match(value):
+        raise RecipeError(
+            f"{where(spec.key)}: '{spec.key}' is a URI ({value}); PageRL reads and writes local or mounted "
+            "paths only (on a multi-node cluster, a shared mount that every node sees)"
+        )
+    path = Path(os.path.expanduser(value))
+    # abspath, not resolve(): symlinks stay as the user named them.
+    path = Path(os.path.abspath(path if path.is_absolute() else base / path))
+    check = spec.must_exist if (spec.when is None or spec.when(recipe)) else ""
+    if check == "file" and not path.is_file():
+        raise RecipeError(f"{where(spec.key)}: '{spec.key}': file not found: {value} (looked for {path})")
+    if check == "dir" and not path.is_dir():
+        raise RecipeError(f"{where(spec.key)}: '{spec.key}': directory not found: {value} (looked for {path})")
+    return str(path)
+
+
+def path_keys() -> List[str]:
+    return [spec.key for spec in PATH_KEYS]

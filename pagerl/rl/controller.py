@@ -1,0 +1,293 @@
+"""The RL controller: one step reads as the method, one call on a role group per phase.
+
+    1. prompts     the next requests from the prompt cursor
+    2. generate    rollout workers lay out n pages per request (constrained)
+    3. reward      reward workers score every page: page reward, item rewards
+    4. experience  trainer ranks compute old / reference logprobs and values;
+                   here: KL, reward normalisation, advantages (per slot)
+    5. train       trainer ranks update the policy (and critic) under ZeRO
+    6. sync        weights stream to the rollout workers in buckets; a probe
+                   batch verifies that rollout and trainer agree
+
+Every phase is timed, and every number it logs comes from the code named in
+:meth:`RLController.step`. Advantages are computed here, on the whole step's
+batch, because group and per-slot statistics span pages that sit on
+different trainer ranks. The roles never call each other; the controller
+hands each the data it needs (:mod:`pagerl.rl.groups` is the one vocabulary).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from pagerl.data.types import Request
+from pagerl.errors import PageRLError
+from pagerl.rl import experience as xp
+from pagerl.rl.algorithms import (
+    AdvantageInputs,
+    SlotBaseline,
+    advantage_options,
+    estimate_kl,
+    make_kl_controller,
+    resolve_algorithm,
+)
+from pagerl.rl.groups import ActorGroup
+from pagerl.rl.placement import plan_placement
+from pagerl.rl.rollout import RolloutBatch, RolloutWorker
+from pagerl.rl.trainer import PolicyTrainerRank
+from pagerl.rl.weight_sync import WeightSync, verify_sync
+
+PHASES = ("generate", "reward", "experience", "train", "sync")
+
+
+class RLError(PageRLError):
+    """The RL stage cannot go on."""
+
+
+@dataclass
+class PromptCursor:
+    """Which requests each step draws: a seeded permutation per epoch, walked in order.
+
+    Its state is two numbers (``epoch``, ``offset``), so a checkpoint can
+    carry it and a resumed run draws exactly the requests it would have.
+    """
+
+    num_requests: int
+    per_step: int
+    seed: int
+    epoch: int = 0
+    offset: int = 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, 7919, epoch]).permutation(self.num_requests)
+
+    def next(self) -> List[int]:
+        out: List[int] = []
+        while len(out) < self.per_step:
+            order = self._order(self.epoch)
+            take = order[self.offset:self.offset + self.per_step - len(out)]
+            out.extend(int(i) for i in take)
+            self.offset += len(take)
+            if self.offset >= self.num_requests:
+                self.epoch, self.offset = self.epoch + 1, 0
+        return out
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+
+@dataclass
+class Timer:
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+class RLController:
+    """The roles of the RL stage and the loop that drives them (module docstring)."""
+
+    def __init__(self, recipe: Any, run_dir: Path, policy_dir: str, requests: Sequence[Request]) -> None:
+        from pagerl.rewards.workers import RewardWorkerGroup
+
+        self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
+        self._policy_dir = str(policy_dir)
+        cfg = self.cfg
+        self.algorithm = resolve_algorithm(cfg)
+        self.requests = list(requests)
+        if len(self.requests) < cfg.requests_per_step:
+            raise RLError(f"rl.requests_per_step={cfg.requests_per_step} but the training data has only "
+                          f"{len(self.requests)} requests")
+        self.cursor = PromptCursor(len(self.requests), int(cfg.requests_per_step), int(recipe.run.seed))
+        self.kl = make_kl_controller(cfg.kl)
+        self.baseline = SlotBaseline(cfg.baseline_scope)
+        from pagerl.rewards.token_rewards import RewardNormalizer
+
+        self.normalizer = RewardNormalizer()
+        self.version = 0
+        timeout = float(cfg.timeout_s)
+        ranks = int(cfg.trainer.num_ranks)
+        self.placement = plan_placement({
+            "trainer": (ranks, cfg.trainer.cpus_per_rank, cfg.trainer.gpus_per_rank),
+            "rollout": (cfg.rollout.num_workers, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker),
+            "reward": (recipe.rewards.num_workers, recipe.rewards.cpus_per_worker, 0.0),
+        }, timeout, name="")
+        self.trainers = ActorGroup("trainer", PolicyTrainerRank, ranks, num_cpus=cfg.trainer.cpus_per_rank,
+                                   num_gpus=cfg.trainer.gpus_per_rank, placement=self.placement.of("trainer"),
+                                   init_args=(recipe, policy_dir, ranks, self.algorithm.needs_critic),
+                                   timeout_s=timeout)
+        self.rollouts = ActorGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
+                                   num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
+                                   placement=self.placement.of("rollout"), init_args=(recipe, policy_dir),
+                                   timeout_s=timeout)
+        self.rewards = RewardWorkerGroup(recipe, run_dir, placement=self.placement.of("reward"))
+        head = self.trainers.call_one(0, "address")
+        self.trainers.call_each("connect", [(head["host"], head["port"], r) for r in range(ranks)])
+        self.rewards.wait_ready(timeout)
+        self.sync = WeightSync(self.trainers, self.rollouts, cfg.sync, timeout)
+        self.probe = self._probe_batch()
+
+    # -- the step ---------------------------------------------------------------------------
+    def step(self, step: int) -> Dict[str, float]:
+        """One RL step (the six phases of the module docstring); returns what it logs."""
+        timer = Timer()
+        indices = self.cursor.next()
+        requests = [self.requests[i] for i in indices]
+        with timer.phase("generate"):
+            rollout = self._generate(requests, step)
+        with timer.phase("reward"):
+            repeated = [requests[i] for i in rollout.request_index]
+            scored = self.rewards.score(repeated, rollout.item_ids, rollout.valid)
+        with timer.phase("experience"):
+            batch, metrics = self._experience(rollout, scored)
+        with timer.phase("train"):
+            stats = self.trainers.call_each("train", [(s, step, self.kl.value, self._lr(step))
+                                                      for s in xp.split(batch, len(self.trainers))])[0]
+        with timer.phase("sync"):
+            self.version += 1
+            sync = self.sync.sync(self.version)
+            delta = self.verify(step)
+        pages = len(rollout)
+        total = sum(timer.seconds.values())
+        tokens = int(batch["mask"].sum())
+        metrics.update(stats)
+        metrics.update({f"seconds_{k}": timer.seconds[k] for k in PHASES})
+        metrics.update({
+            "step_s": total, "pages_per_s": pages / total, "tokens_per_s": tokens / total,
+            "sync_delta_max": delta, "sync_mb_per_s": sync.mb_per_s, "sync_seconds": sync.seconds,
+            "sync_mb": sync.bytes / 2**20, "version": float(self.version), "kl_coef": self.kl.value,
+            "lr": self._lr(step), "prompt_epoch": float(self.cursor.epoch),
+        })
+        self.kl.update(metrics["kl"], pages)
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                raise RLError(f"rl step {step}: {name} is {value}; stopping rather than training on it")
+        return metrics
+
+    def _generate(self, requests: Sequence[Request], step: int) -> RolloutBatch:
+        workers = len(self.rollouts)
+        chunks = np.array_split(np.arange(len(requests)), workers)
+        seeds = [int(self.recipe.run.seed) * 1_000_003 + step * 101 + i for i in range(workers)]
+        args = [([requests[int(i)] for i in chunk], seeds[w], self.version) for w, chunk in enumerate(chunks)]
+        batches = self.rollouts.call_each("generate", args)
+        offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
+        return RolloutBatch.concat(batches, offsets)
+
+    def _experience(self, rollout: RolloutBatch, scored: Any):
+        cfg, rewards_cfg = self.cfg, self.recipe.rewards
+        if not all(rollout.valid):
+            bad = rollout.valid.index(False)
+            raise RLError(f"rollout produced an invalid page ({rollout.reasons[bad]}); the RL stage needs "
+                          "constrained rollouts (rl.rollout.constrained=true)")
+        batch = xp.pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
+                        self._pad_id)
+        outs = self.trainers.call_each("experience", [(s,) for s in xp.split(batch, len(self.trainers))])
+        exp = xp.concat(outs)
+        mask = batch["mask"]
+        sampled = xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1])
+        mismatch = (exp["old_logprobs"] - sampled).abs()[mask]
+
+        page, items, valid = scored.as_tensors(torch.float64)
+        group_ids = torch.as_tensor(rollout.request_index)
+        page_n, items_n = self._normalize(page, items, valid, group_ids)
+        item_frame = torch.zeros(mask.shape, dtype=torch.float64)
+        item_frame[:, : items_n.shape[1]] = items_n
+        kl = estimate_kl(exp["old_logprobs"].double(), exp["ref_logprobs"].double(), mask, cfg.kl.estimator)
+        kl_penalty = -self.kl.value * kl if cfg.kl.mode == "reward" else torch.zeros_like(kl)
+        inputs = AdvantageInputs(page_rewards=page_n, item_rewards=item_frame, mask=mask,
+                                 w_page=rewards_cfg.w_page, w_item=rewards_cfg.w_item, group_ids=group_ids,
+                                 kl_penalty=kl_penalty,
+                                 values=exp["values"].double() if "values" in exp else None)
+        advantages, returns = self.algorithm.estimator(inputs, baseline=self.baseline, **advantage_options(cfg))
+        batch.update(old_logprobs=exp["old_logprobs"], ref_logprobs=exp["ref_logprobs"],
+                     advantages=advantages.float())
+        if self.algorithm.needs_critic:
+            batch.update(values=exp["values"], returns=returns.float())
+
+        slot = mask.clone()
+        slot[torch.arange(mask.shape[0]), batch["response_len"] - 1] = False  # item tokens only
+        tokens = mask.sum().clamp(min=1)
+        per_page_kl = (kl * mask).sum(1)
+        metrics = {
+            "reward_page": float(page.mean()), "reward_item": float(items.mean()),
+            "reward_page_normalized": float(page_n.mean()), "reward_item_normalized": float(items_n.mean()),
+            "reward_total": float(rewards_cfg.w_page * page.mean() + rewards_cfg.w_item * items.sum(1).mean()),
+            "kl": float((kl * mask).sum() / tokens), "kl_per_page": float(per_page_kl.mean()),
+            "entropy_rollout": float((exp["entropy"] * mask).sum() / tokens),
+            "advantage_mean": float(advantages[mask].mean()), "advantage_std": float(advantages[mask].std()),
+            "advantage_slot0_mean": float(advantages[:, 0].mean()),
+            "logprob_mismatch_max": float(mismatch.max()), "logprob_mismatch_mean": float(mismatch.mean()),
+            "valid_rate": float(valid.double().mean()), "pages": float(len(rollout)),
+        }
+        for k in range(items.shape[1]):
+            metrics[f"reward_item_slot{k}"] = float(items[:, k].mean())
+        return batch, metrics
+
+    def _normalize(self, page: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor):
+        """``rewards.normalize`` and ``rewards.clip`` (pagerl.rewards.token_rewards), page and items apart."""
+        from pagerl.rewards.token_rewards import NORMALIZATIONS
+
+        cfg = self.recipe.rewards
+        page_n, items_n = NORMALIZATIONS[cfg.normalize](page, items, valid, group_ids, self.normalizer, False, None)
+        if cfg.clip > 0:
+            page_n, items_n = page_n.clamp(-cfg.clip, cfg.clip), items_n.clamp(-cfg.clip, cfg.clip)
+        return page_n, items_n
+
+    def _lr(self, step: int) -> float:
+        from pagerl.train.engine import lr_at
+
+        return lr_at(step, base_lr=self.cfg.lr, warmup_steps=self.cfg.warmup_steps, total_steps=self.cfg.steps,
+                     min_ratio=1.0)
+
+    @property
+    def _pad_id(self) -> int:
+        if not hasattr(self, "_pad"):
+            from pagerl.tokenization.tokenizer import load_policy_tokenizer
+
+            tok = load_policy_tokenizer(self._policy_dir)
+            self._pad = int(tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id)
+        return self._pad
+
+    # -- verification -----------------------------------------------------------------------
+    def _probe_batch(self) -> RolloutBatch:
+        """A fixed batch of pages (sampled once by the initial policy) scored after every sync."""
+        n = min(int(self.cfg.sync.probe_requests), len(self.requests))
+        return self.rollouts.call_one(0, "generate", self.requests[:n], int(self.recipe.run.seed) + 424242, 0)
+
+    def verify(self, step: int) -> float:
+        """Max per-token |rollout - trainer| logprob of the probe batch; above the bound the run stops."""
+        p = self.probe
+        args = (p.prompt_ids, p.response_ids, p.num_candidates, p.page_sizes)
+        trainer = self.trainers.call("probe_logprobs", *args)[0]
+        rollout = self.rollouts.call("probe_logprobs", *args)
+        worst = 0.0
+        for answer in rollout:
+            worst = max(worst, verify_sync(trainer, answer, None, float(self.cfg.sync.max_logprob_delta), step))
+        return worst
+
+    # -- the end ------------------------------------------------------------------------------
+    def save_policy(self, directory: Path) -> None:
+        self.trainers.call("save_policy", str(directory))
+
+    def shutdown(self) -> None:
+        for group in (self.rollouts, self.trainers):
+            try:
+                group.kill()
+            except Exception:  # already gone
+                pass
+        self.rewards.shutdown()
+        self.sync.close()
+        self.placement.remove()
