@@ -153,9 +153,10 @@ class RLController:
             scored = self.rewards.score(repeated, rollout.item_ids, rollout.valid)
         with timer.phase("experience"):
             batch, metrics = self._experience(rollout, scored)
+        self.last_batch = batch
         with timer.phase("train"):
             stats = self.trainers.call_each("train", [(s, step, self.kl.value, self._lr(step))
-                                                      for s in xp.split(batch, len(self.trainers))])[0]
+                                                      for s in self.split(batch)])[0]
         with timer.phase("sync"):
             self.version += 1
             sync = self.sync.sync(self.version)
@@ -194,7 +195,7 @@ class RLController:
                           "constrained rollouts (rl.rollout.constrained=true)")
         batch = xp.pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
                         self._pad_id)
-        outs = self.trainers.call_each("experience", [(s,) for s in xp.split(batch, len(self.trainers))])
+        outs = self.trainers.call_each("experience", [(s,) for s in self.split(batch)])
         exp = xp.concat(outs)
         mask = batch["mask"]
         sampled = xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1])
@@ -235,6 +236,10 @@ class RLController:
         for k in range(items.shape[1]):
             metrics[f"reward_item_slot{k}"] = float(items[:, k].mean())
         return batch, metrics
+
+    def split(self, batch: xp.Batch) -> List[xp.Batch]:
+        """One equal shard of ``batch`` per trainer rank."""
+        return xp.split(batch, len(self.trainers))
 
     def _normalize(self, page: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor):
         """``rewards.normalize`` and ``rewards.clip`` (pagerl.rewards.token_rewards), page and items apart."""
