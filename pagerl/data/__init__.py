@@ -1,4 +1,4 @@
-"""Logged impressions: the data PageRL learns from (DESIGN.md section 3).
+"""Logged impressions: the data PageRL learns from (docs/data.md).
 
 A data file holds one logged page per row: the request it was built for,
 the page the logging policy showed, what the user did on each shown item and

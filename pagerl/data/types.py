@@ -1,4 +1,4 @@
-"""In-memory types of the logged-impression schema (DESIGN.md section 3).
+"""In-memory types of the logged-impression schema (docs/data.md).
 
 A row of a data file is one :class:`Impression`: the request a page was
 built for (user, optional query, candidate items), the page the logging

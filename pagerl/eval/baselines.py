@@ -1,4 +1,4 @@
-"""Reference page policies of the evaluation protocol (DESIGN.md section 4), by name.
+"""Reference page policies of the evaluation protocol (docs/method.md, "Evaluation protocol"), by name.
 
 Each takes the simulator, a request and a numpy Generator and returns a page
 (item ids in slot order); the ones that need no randomness ignore the

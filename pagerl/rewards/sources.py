@@ -1,4 +1,4 @@
-"""Reward sources: who says what a generated page is worth (DESIGN.md section 1).
+"""Reward sources: who says what a generated page is worth (docs/method.md, "Reward sources").
 
 A source turns pages into a **page reward** (one number per page) and **item
 rewards** (one number per slot). Sources sit in a registry, picked by

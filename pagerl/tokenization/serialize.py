@@ -1,4 +1,4 @@
-"""Requests and pages as token sequences (DESIGN.md section 1, "Serialization").
+"""Requests and pages as token sequences (docs/method.md, "Serialization").
 
 A prompt lists the user context and the candidates; each candidate sits behind
 a *candidate-local* index token ``<c0>`` ... ``<cN-1>``, so the vocabulary

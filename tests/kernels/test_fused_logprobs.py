@@ -1,6 +1,6 @@
 """fused_linear_logprobs on the chunked PyTorch path, the public API around it, and the registry.
 
-Accuracy criterion (DESIGN.md section 5): against an fp64 reference computed
+Accuracy criterion: against an fp64 reference computed
 from the same (already rounded) inputs, the fused path's error must be no
 worse than the naive path's error in the same dtype, plus a small tolerance
 relative to the reference's magnitude. Tiny tiles (``token_chunk`` /

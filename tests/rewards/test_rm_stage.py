@@ -4,7 +4,7 @@
   and Spearman correlation with the simulator's truth clear floors that the
   same model, untrained, does not.
 - The stage checkpoints and resumes exactly: N steps straight equal N/2
-  steps, a stop, a resume and N/2 more (DESIGN.md section 5).
+  steps, a stop, a resume and N/2 more.
 
 Floors, from measurement (quickstart data, 300 steps, seed 0): trained
 all-pairs accuracy 0.65 (page) / 0.65 (item), page Spearman 0.35, item

@@ -1,6 +1,6 @@
 """SFT over two Ray Train workers with DeepSpeed ZeRO: the loss falls, and resume is exact.
 
-Resume is checked the way DESIGN.md section 5 asks: N steps straight equal
+Resume is checked as N steps straight equal
 N/2 steps, a stop, a resume, and N/2 more (same weights to float tolerance).
 """
 
