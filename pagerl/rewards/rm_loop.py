@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from pagerl.config.schema import RecipeConfig
+from pagerl.distributed.device import to_device
 from pagerl.rewards.models import RewardModel, pack_sequences
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.train.batching import micro_batches
@@ -104,7 +105,7 @@ def rm_worker(config: Dict[str, Any]) -> None:
         lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=schedule.total_steps)
         policy.set_lr(lr)
         for indices in micro_batches(schedule, recipe.run.seed, rank, step):
-            batch = collate_pairs([examples[i] for i in indices], pad_id)
+            batch = to_device(collate_pairs([examples[i] for i in indices], pad_id), w.device)
             out = policy.forward(batch["input_ids"], batch["attention_mask"],
                                  batch["slot_positions"], batch["eos_positions"])
             parts = rm_losses(out, batch, s)

@@ -218,6 +218,8 @@ class StageWorker:
     rank: int
     world_size: int
     resume_dir: Optional[Path]
+    # Where this rank computes (pagerl.distributed.device): every batch goes there through to_device.
+    device: torch.device = torch.device("cpu")
 
 
 def setup_stage_worker(config: Dict[str, Any]) -> StageWorker:
@@ -241,8 +243,13 @@ def setup_stage_worker(config: Dict[str, Any]) -> StageWorker:
     resumed = ray.train.get_checkpoint()
     resume_dir = Path(resumed.path) if resumed is not None else (
         Path(config["resume_from"]) if config.get("resume_from") else None)
+    from pagerl.distributed.device import worker_device
+
+    device = worker_device(bool(recipe.distributed.use_gpu))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     return StageWorker(recipe, Path(config["run_dir"]), ray.get(config["examples_ref"]),
-                       ctx.get_world_rank(), ctx.get_world_size(), resume_dir)
+                       ctx.get_world_rank(), ctx.get_world_size(), resume_dir, device)
 
 
 class _WorkerStderr:
