@@ -214,7 +214,10 @@ class SFTConfig:
     # candidates, then EOS after K items: the distribution the policy acts
     # with at eval and in RL) instead of the full-vocabulary softmax, whose
     # gradient also spends capacity pushing down tokens the constraint masks.
-    constrained_loss: bool = False
+    # On the quickstart its greedy pages are better (expected clicks 1.137 vs
+    # 1.103, paired +0.034 +- 0.011; seed 1: +0.056 +- 0.015). Its loss is a
+    # different number: the NLL among the allowed tokens only.
+    constrained_loss: bool = True
 
 
 @dataclass

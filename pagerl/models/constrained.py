@@ -18,12 +18,15 @@ It is a ``transformers.LogitsProcessor``, so it plugs into ``model.generate``
 as well as into pagerl's own decoding loop (:mod:`pagerl.models.generate`).
 :func:`constrain_response_logits` applies the same rule to a whole
 teacher-forced response in one pass, for a trainer that must score responses
-under the distribution they were sampled from.
+under the distribution they were sampled from; :func:`response_state` is the
+state it masks with, shared with the trainer's constrained logprobs
+(:mod:`pagerl.models.constrained_logprobs`), which apply the same
+:func:`_mask_scores` to the few columns the constraint can allow.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from transformers import LogitsProcessor
@@ -56,15 +59,7 @@ class PageConstraintProcessor(LogitsProcessor):
         self.page_sizes = torch.as_tensor(page_sizes, dtype=torch.long)
         batch = self.num_candidates.shape[0]
         self.response_start = torch.as_tensor(response_start, dtype=torch.long).expand(batch).clone()
-        if self.page_sizes.shape != (batch,):
-            raise ValueError(f"page_sizes has shape {tuple(self.page_sizes.shape)}, expected ({batch},)")
-        if bool((self.num_candidates > len(self.candidate_ids)).any()):
-            raise ValueError(
-                f"a sequence has more candidates ({int(self.num_candidates.max())}) than there "
-                f"are candidate tokens ({len(self.candidate_ids)}, model.max_candidates)"
-            )
-        if bool((self.page_sizes > self.num_candidates).any() or (self.page_sizes < 1).any()):
-            raise ValueError("every page size must be between 1 and its number of candidates")
+        check_page_shapes(self.num_candidates, self.page_sizes, len(self.candidate_ids))
         if eos_token_id in set(self.candidate_ids.tolist()):
             raise ValueError("EOS must not be a candidate index token")
         self.eos_token_id = int(eos_token_id)
@@ -101,6 +96,28 @@ class PageConstraintProcessor(LogitsProcessor):
         )
 
 
+def check_page_shapes(
+    num_candidates: torch.Tensor, page_sizes: torch.Tensor, max_candidates: int, where: str = ""
+) -> None:
+    """Refuse ``(N_b, K_b)`` that admit no valid page: the rule needs ``1 <= K_b <= N_b <= N_max``.
+
+    ``num_candidates`` and ``page_sizes`` are ``(B,)`` integer tensors;
+    ``where`` prefixes the argument names in the messages (e.g. ``"constraint."``).
+    """
+    if num_candidates.dim() != 1:
+        raise ValueError(f"{where}num_candidates must have shape (B,), got {tuple(num_candidates.shape)}")
+    batch = num_candidates.shape[0]
+    if page_sizes.shape != (batch,):
+        raise ValueError(f"{where}page_sizes has shape {tuple(page_sizes.shape)}, expected ({batch},)")
+    if bool((num_candidates > max_candidates).any()):
+        raise ValueError(
+            f"{where}num_candidates: a sequence has more candidates ({int(num_candidates.max())}) than there "
+            f"are candidate tokens ({max_candidates}, model.max_candidates)"
+        )
+    if bool((page_sizes > num_candidates).any() or (page_sizes < 1).any()):
+        raise ValueError(f"{where}page_sizes: every page size must be between 1 and its number of candidates")
+
+
 def _mask_scores(
     scores: torch.Tensor,
     cand: torch.Tensor,
@@ -115,6 +132,11 @@ def _mask_scores(
     """The masking rule, for scores ``(..., V)`` and a state with matching leading dims.
 
     ``used`` is ``(..., N_max)``; ``count``, ``ended``, ``n``, ``k`` are ``(...)``.
+    ``cand``, ``eos`` and ``pad`` are column indices of ``scores``: token ids
+    for full-vocabulary logits, or positions in a smaller set of columns that
+    holds only the index tokens, EOS and padding (the constrained trainer path,
+    :mod:`pagerl.models.constrained_logprobs`, which never builds full logits).
+    The columns outside ``cand``, ``eos`` and ``pad`` all become ``-inf``.
     """
     device = scores.device
     slot_index = torch.arange(len(cand), device=device)
@@ -154,11 +176,33 @@ def constrain_response_logits(
     pad = eos_token_id if pad_token_id is None else pad_token_id
     n = torch.as_tensor(num_candidates, dtype=torch.long, device=device)[:, None]
     k = torch.as_tensor(page_sizes, dtype=torch.long, device=device)[:, None]
-    is_slot = response_ids[:, :, None] == cand[None, None, :]  # (B, T, N_max)
-    # State *before* each step: exclusive cumulative sums over time.
+    used, count, ended = response_state(response_ids, cand, int(eos_token_id))
+    return _mask_scores(logits, cand, used, count, ended, n, k, int(eos_token_id), int(pad))
+
+
+def response_state(
+    response_ids: torch.Tensor,
+    candidate_ids: torch.Tensor,
+    eos_token_id: int,
+    in_response: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(used (B, T, N_max), count (B, T), ended (B, T))``: the constraint state *before* each step.
+
+    ``response_ids[:, t]`` is the token emitted at step t (``(B, T)``); the
+    state at t counts the tokens of steps ``< t`` only (exclusive cumulative
+    sums over time), which is what :class:`PageConstraintProcessor` sees when
+    it masks step t. ``in_response`` (``(B, T)`` bool) marks the steps that
+    belong to the response; the others (prompt tokens of a row whose response
+    starts later than column 0) count for nothing. None: every step does.
+    """
+    is_slot = response_ids[:, :, None] == candidate_ids[None, None, :]  # (B, T, N_max)
+    is_eos = response_ids == eos_token_id
+    if in_response is not None:
+        is_slot = is_slot & in_response[:, :, None]
+        is_eos = is_eos & in_response
     used = (is_slot.long().cumsum(dim=1) - is_slot.long()) > 0
     step_slot = is_slot.any(dim=2).long()
     count = step_slot.cumsum(dim=1) - step_slot
-    step_eos = (response_ids == eos_token_id).long()
+    step_eos = is_eos.long()
     ended = (step_eos.cumsum(dim=1) - step_eos) > 0
-    return _mask_scores(logits, cand, used, count, ended, n, k, int(eos_token_id), int(pad))
+    return used, count, ended

@@ -10,12 +10,16 @@ one tile of logits at a time (see ``kernels/``).
 
 API
 ---
-``CausalLMLogprobs(model, impl="auto")`` -- an ``nn.Module``; ``model`` is
-registered as its submodule ``.model``, so ``wrapper.parameters()`` are the
-model's parameters (hand the *wrapper* to ``deepspeed.initialize``).
+``CausalLMLogprobs(model, impl="auto", page_tokens=None)`` -- an ``nn.Module``;
+``model`` is registered as its submodule ``.model``, so ``wrapper.parameters()``
+are the model's parameters (hand the *wrapper* to ``deepspeed.initialize``).
+``page_tokens`` (:class:`~pagerl.models.constrained_logprobs.PageTokens`) are
+the index, EOS and padding ids the constrained mode needs; by default they are
+read from a candidate-pointer policy's config, and a policy without the
+pointer needs ``PageTokens.from_tokenizer(tokenizer)``.
 
 ``wrapper(input_ids, attention_mask=None, labels=None, temperature=1.0,
-return_entropy=False, position_ids=None)``:
+return_entropy=False, position_ids=None, prompt_end=None, constraint=None)``:
 
 * ``input_ids``, ``attention_mask``, ``labels``: ``[B, L]``. ``labels`` uses
   the Hugging Face convention (``-100`` = not scored); ``None`` scores every
@@ -32,6 +36,16 @@ return_entropy=False, position_ids=None)``:
 * ``position_ids`` is passed to the backbone. With left padding, pass
   ``attention_mask.cumsum(-1) - 1`` (clamped at 0) to reproduce what
   ``generate`` used.
+* ``constraint`` (:class:`~pagerl.models.constrained_logprobs.ResponseConstraint`,
+  ``N_b`` and ``K_b`` per row): score under the *constrained* distribution,
+  the one rollout samples from with ``constrained=True`` (only unused index
+  tokens of the row's candidates, then a forced EOS with logprob 0), instead
+  of the full-vocabulary softmax. Logprobs and entropies are those of that
+  masked, tempered distribution, computed from the (at most ``N_max + 2``) page-token
+  logits only (:func:`~pagerl.models.constrained_logprobs.constrained_linear_logprobs`);
+  the response starts at ``prompt_end`` (default: the first scored label), and
+  a label the constraint forbids is a ValueError. Without it (the default)
+  the full-vocabulary path below is unchanged, e.g. for SFT's plain NLL.
 
 ``wrapper.sequence_logprobs(...)`` -- same arguments, returns ``[B]``: the sum
 over each row's scored tokens (:func:`sum_per_sequence`).
@@ -69,6 +83,7 @@ import torch
 from torch import nn
 
 from pagerl.models.candidates import CandidatePointer, prompt_end_from_labels
+from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint, constrained_linear_logprobs
 from pagerl_kernels import fused_linear_logprobs
 
 IGNORE_INDEX = -100
@@ -125,7 +140,7 @@ def _register_head_pre_hook(module: "CausalLMLogprobs", args: Tuple[Any, ...]) -
 class CausalLMLogprobs(nn.Module):
     """Per-token logprobs of a causal LM through the fused kernel (API in the module docstring)."""
 
-    def __init__(self, model: nn.Module, *, impl: str = "auto") -> None:
+    def __init__(self, model: nn.Module, *, impl: str = "auto", page_tokens: Optional[PageTokens] = None) -> None:
         super().__init__()
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
@@ -139,6 +154,14 @@ class CausalLMLogprobs(nn.Module):
         self.model = model
         self.pointer = CandidatePointer.of(model)
         self.impl = impl
+        self.page_tokens = page_tokens if page_tokens is not None else PageTokens.from_config(model.config)
+        if self.pointer is not None and self.page_tokens is not None and (
+            self.page_tokens.candidate_ids != tuple(int(t) for t in self.pointer.index_ids.tolist())
+        ):
+            raise ValueError(
+                "CausalLMLogprobs: page_tokens.candidate_ids must be the pointer's index token ids "
+                "(config.pagerl_index_token_ids) in the same order: the pointer adds score j to <cj>'s logit"
+            )
         self._logit_multiplier = _logit_multiplier(getattr(model, "config", None))
         self._head_registered = False
         self._register_head_if_partitioned()
@@ -179,24 +202,56 @@ class CausalLMLogprobs(nn.Module):
         return_entropy: bool = False,
         position_ids: Optional[torch.Tensor] = None,
         prompt_end: Optional[torch.Tensor] = None,
+        constraint: Optional[ResponseConstraint] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         if input_ids.dim() != 2:
             raise ValueError(f"CausalLMLogprobs: input_ids must be [B, L], got {tuple(input_ids.shape)}")
         if input_ids.shape[1] < 2:
             raise ValueError("CausalLMLogprobs: sequences need at least 2 tokens (one to condition on, one to score)")
-        if self.pointer is not None and prompt_end is None:
-            if labels is None:  # every token scored: nothing says where the candidate list ends
-                raise ValueError("CausalLMLogprobs: a candidate-pointer policy needs labels marking the "
-                                 "response (-100 on the prompt) or prompt_end")
+        if constraint is not None:
+            if not isinstance(constraint, ResponseConstraint):
+                raise ValueError(f"CausalLMLogprobs: constraint must be a ResponseConstraint, got {type(constraint).__name__}")
+            if self.page_tokens is None:
+                raise ValueError(
+                    "CausalLMLogprobs: constraint= needs the page tokens (index ids, EOS, pad), which this policy's "
+                    "config does not store: construct it with page_tokens=PageTokens.from_tokenizer(tokenizer)"
+                )
+        if prompt_end is None and (self.pointer is not None or constraint is not None):
+            if labels is None:  # every token scored: nothing says where the prompt (candidate list) ends
+                who = "a candidate-pointer policy" if self.pointer is not None else "constraint="
+                raise ValueError(f"CausalLMLogprobs: {who} needs labels marking the response (-100 on the "
+                                 "prompt) or prompt_end")
             prompt_end = prompt_end_from_labels(labels)
+        if prompt_end is not None:
+            prompt_end = torch.as_tensor(prompt_end, dtype=torch.long, device=input_ids.device)
         if labels is None:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+            if constraint is not None:  # only the response is scored under the constraint
+                positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+                labels = labels.masked_fill(positions[None, :] < prompt_end[:, None], IGNORE_INDEX)
         elif labels.shape != input_ids.shape:
             raise ValueError(
                 f"CausalLMLogprobs: labels {tuple(labels.shape)} must have input_ids' shape {tuple(input_ids.shape)}"
             )
         hidden, contents = self.hidden_states(input_ids, attention_mask, position_ids, prompt_end)
         hidden, weight = hidden[:, :-1], self.lm_head_weight
+        if constraint is not None:
+            # Column t predicts the token at position t + 1, which is a response step from prompt_end on.
+            steps = torch.arange(1, input_ids.shape[1], device=input_ids.device)
+            in_response = steps[None, :] >= prompt_end[:, None]
+            return constrained_linear_logprobs(
+                hidden,
+                weight,
+                labels[:, 1:],
+                input_ids[:, 1:],
+                in_response,
+                self.page_tokens,
+                constraint,
+                pointer_scores=None if self.pointer is None else self.pointer.scores(hidden, contents),
+                logit_multiplier=self._logit_multiplier,
+                temperature=temperature,
+                return_entropy=return_entropy,
+            )
         if self.pointer is not None:
             hidden, weight = self.pointer.augment(hidden, weight, self.pointer.scores(hidden, contents))
         return fused_linear_logprobs(
@@ -217,13 +272,15 @@ class CausalLMLogprobs(nn.Module):
         temperature: float = 1.0,
         position_ids: Optional[torch.Tensor] = None,
         prompt_end: Optional[torch.Tensor] = None,
+        constraint: Optional[ResponseConstraint] = None,
     ) -> torch.Tensor:
-        """``[B]`` log-probability of each row's scored tokens (sum over them)."""
-        if labels is None:
-            labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        """``[B]`` log-probability of each row's scored tokens (sum over them); with ``constraint``,
+        of the whole response under the constrained policy (what rollout's ``GeneratedPage.logprob`` is)."""
         logp = self.forward(input_ids, attention_mask, labels, temperature=temperature, position_ids=position_ids,
-                            prompt_end=prompt_end)
-        return sum_per_sequence(logp, labels)
+                            prompt_end=prompt_end, constraint=constraint)
+        # Unscored columns are exactly 0 (ignored labels, or the prompt under a constraint), so the row sum
+        # is the sum over the scored tokens whichever default the forward chose.
+        return logp.sum(dim=1)
 
 
 def backbone_inputs(

@@ -83,6 +83,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         _sft_section(run_dir, plots),
         _curve_section(run_dir, plots, "rm", "Reward-model learning curve"),
         _rm_quality_section(_read_json(run_dir / "rm" / "quality.json")),
+        _rl_section(run_dir, plots),
         _eval_section(_read_json(run_dir / "eval" / "results.json"), plots),
     ]
     path = run_dir / REPORT_FILE
@@ -215,6 +216,47 @@ def _curve_section(run_dir: Path, plots: Path, stage: str, title: str) -> str:
     )
     if nonfinite:
         lines += ["", f"**{nonfinite} step(s) logged a non-finite loss** (null in `{METRICS_FILE}`)."]
+    return "\n".join(lines)
+
+
+# The RL stage's curves: (panel title, metrics in it) from the rows of stage "rl".
+RL_PANELS = (
+    ("reward per page (raw)", ("reward_total", "reward_page", "reward_item")),
+    ("KL to the reference, per token", ("kl",)),
+    ("entropy of the constrained policy", ("entropy",)),
+    ("seconds per phase", ("seconds_generate", "seconds_reward", "seconds_experience", "seconds_train",
+                           "seconds_sync")),
+)
+RL_TABLE = ("reward_total", "reward_page", "reward_item", "kl", "entropy", "clip_fraction", "grad_norm",
+            "sync_delta_max", "logprob_mismatch_max", "pages_per_s", "step_s")
+
+
+def _rl_section(run_dir: Path, plots: Path) -> str:
+    """Learning curves of the RL stage (rewards, KL, entropy, per-phase seconds) from ``metrics.jsonl``."""
+    title = "RL learning curves"
+    rows = [r for r in read_metrics(run_dir, stage="rl") if "reward_total" in r] if (
+        run_dir / METRICS_FILE).exists() else []
+    if not rows:
+        return _skipped(title, "no RL steps in `metrics.jsonl`")
+    fig = Figure(figsize=(12.0, 6.4))
+    for i, (name, keys) in enumerate(RL_PANELS):
+        ax = fig.add_subplot(2, 2, i + 1)
+        for key in keys:
+            steps, values = metric_series(rows, "rl", key)
+            ax.plot(steps, [v if v is not None else math.nan for v in values], label=key, linewidth=1.3)
+        ax.set_title(name)
+        ax.set_xlabel("RL step")
+        ax.grid(True, alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    png = _save(fig, plots / "rl_curves.png")
+    first, last = rows[0], rows[-1]
+    lines = [f"## {title}", "", f"![rl curves]({PLOTS_DIR}/{png.name})", "",
+             f"{len(rows)} RL steps (stage `rl` of `{METRICS_FILE}`, written by `pagerl.rl.controller`); "
+             "rewards are those of the reward source before normalisation, KL and entropy those of the "
+             "constrained policy.", ""]
+    lines += _table(["", *RL_TABLE], [["first step", *[_fmt(first.get(k)) for k in RL_TABLE]],
+                                      ["last step", *[_fmt(last.get(k)) for k in RL_TABLE]]])
     return "\n".join(lines)
 
 

@@ -62,7 +62,13 @@ def micro_batches(schedule: Schedule, seed: int, rank: int, step: int) -> List[n
 
 
 def collate(examples: Sequence[Dict[str, object]], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Right-pad a list of ``{input_ids, labels, weight}`` into tensors."""
+    """Right-pad a list of ``{input_ids, labels, weight}`` into tensors.
+
+    Examples that carry their page's shape (``num_candidates`` and
+    ``page_size``, as :func:`pagerl.train.sft.encode_examples` writes) give the
+    batch ``num_candidates`` and ``page_sizes`` ``[B]`` too, for the
+    constrained loss; they are left out unless every example has both.
+    """
     width = max(len(e["input_ids"]) for e in examples)  # type: ignore[arg-type]
     n = len(examples)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -74,7 +80,11 @@ def collate(examples: Sequence[Dict[str, object]], pad_id: int) -> Dict[str, tor
         labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)  # type: ignore[arg-type]
         attention[i, : len(ids)] = 1  # type: ignore[arg-type]
     weights = torch.tensor([float(e.get("weight", 1.0)) for e in examples], dtype=torch.float32)  # type: ignore[union-attr]
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "weight": weights}
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention, "weight": weights}
+    if all("num_candidates" in e and "page_size" in e for e in examples):
+        batch["num_candidates"] = torch.tensor([int(e["num_candidates"]) for e in examples], dtype=torch.long)  # type: ignore[call-overload]
+        batch["page_sizes"] = torch.tensor([int(e["page_size"]) for e in examples], dtype=torch.long)  # type: ignore[call-overload]
+    return batch
 
 
 def iterate_steps(schedule: Schedule, start_step: int) -> Iterator[int]:

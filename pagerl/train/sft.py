@@ -54,10 +54,17 @@ def engagement_weights(impressions: Sequence[Impression], mode: str, min_weight:
 
 
 def encode_examples(tokenizer: Any, impressions: Sequence[Impression], weights: Sequence[float]) -> List[Dict[str, Any]]:
+    """Tokenized SFT examples: ``input_ids``, ``labels`` (-100 on the prompt), ``weight``, and the page's shape.
+
+    ``num_candidates`` (N) and ``page_size`` (K) are what the constrained loss
+    (``sft.constrained_loss``) needs to build the distribution the policy acts
+    with: only unused candidates among the N, then EOS after K items.
+    """
     out = []
     for imp, w in zip(impressions, weights):
         ex = encode_example(tokenizer, imp.request, imp.page)
-        out.append({"input_ids": ex["input_ids"], "labels": ex["labels"], "weight": float(w)})
+        out.append({"input_ids": ex["input_ids"], "labels": ex["labels"], "weight": float(w),
+                    "num_candidates": len(imp.request.candidates), "page_size": int(imp.request.page_size)})
     return out
 
 
@@ -98,7 +105,8 @@ def run_sft_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Imp
         latest = fit_stage(recipe, run_dir, "sft", sft_worker, {
             "init_dir": str(stage_dir / "init"),
             "examples_ref": ray.put(examples),
-        }, resume_from=latest)
+        }, resume_from=latest, total_steps=schedule.total_steps,
+           start_step=int(ckpt.read_trainer_state(latest)["step"]) if latest else 0)
     if latest is None:
         raise RuntimeError(f"{stage_dir}: the SFT stage ended without a complete checkpoint")
     state = ckpt.read_trainer_state(latest)
