@@ -46,6 +46,7 @@ import torch
 from pagerl.data.types import Request
 from pagerl.distributed.device import worker_device
 from pagerl.errors import PageRLError
+from pagerl.registry import Registry, register
 from pagerl.rl import weight_sync as ws
 
 
@@ -53,7 +54,7 @@ class RolloutError(PageRLError):
     """A rollout worker was asked for something it cannot do as configured."""
 
 
-ROLLOUT_BACKENDS: Dict[str, type] = {}
+ROLLOUT_BACKENDS = Registry("rl.rollout.backend")
 
 
 def register_rollout_backend(name: str) -> Callable[[type], type]:
@@ -65,14 +66,7 @@ def register_rollout_backend(name: str) -> Callable[[type], type]:
     ``probe_logprobs(prompt_ids, response_ids, num_candidates, page_sizes)``
     and ``parameters()`` (name -> the tensor a weight sync copies into).
     """
-
-    def add(cls: type) -> type:
-        if name in ROLLOUT_BACKENDS:
-            raise ValueError(f"rollout backend {name!r} is already registered ({ROLLOUT_BACKENDS[name].__name__})")
-        ROLLOUT_BACKENDS[name] = cls
-        return cls
-
-    return add
+    return register(ROLLOUT_BACKENDS, name)
 
 
 @register_rollout_backend("hf")

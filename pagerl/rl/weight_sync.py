@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Op
 import torch
 
 from pagerl.errors import PageRLError
+from pagerl.registry import Registry, register
 
 
 class WeightSyncError(PageRLError):
@@ -197,18 +198,15 @@ def copy_bucket(bucket: WeightBucket, params: Dict[str, torch.Tensor]) -> None:
 
 
 # ------------------------------------------------------------------------------ transports
-TRANSPORTS: Dict[str, type] = {}
+TRANSPORTS = Registry("rl.sync.transport")
 
 
 def register_transport(name: str) -> Callable[[type], type]:
     """Add a transport class under ``name`` (a value of ``rl.sync.transport``); names are unique."""
 
     def add(cls: type) -> type:
-        if name in TRANSPORTS:
-            raise ValueError(f"weight-sync transport {name!r} is already registered ({TRANSPORTS[name].__name__})")
         cls.name = name
-        TRANSPORTS[name] = cls
-        return cls
+        return register(TRANSPORTS, name)(cls)
 
     return add
 

@@ -42,7 +42,7 @@ from pagerl.rl.algorithms.losses import (
     masked_mean,
     token_entropy,
 )
-from pagerl.rl.algorithms.registry import Registry, lookup, register
+from pagerl.registry import Registry, lookup, register
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",

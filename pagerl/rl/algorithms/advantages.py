@@ -85,7 +85,7 @@ from pagerl.rl.algorithms.baselines import (
     standardize,
 )
 from pagerl.rl.algorithms.checks import optional_shape, require_frame, require_shape
-from pagerl.rl.algorithms.registry import Registry, lookup, register
+from pagerl.registry import Registry, lookup, register
 
 Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 AdvantageEstimator = Callable[..., Result]

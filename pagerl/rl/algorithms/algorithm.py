@@ -17,7 +17,7 @@ from pagerl.rl.algorithms.advantages import ADVANTAGE_ESTIMATORS, SLOT_CREDITS, 
 from pagerl.rl.algorithms.baselines import BASELINE_SCOPES
 from pagerl.rl.algorithms.kl import KL_CONTROLLERS, KL_ESTIMATORS
 from pagerl.rl.algorithms.losses import LOSS_AGGREGATIONS
-from pagerl.rl.algorithms.registry import Registry, lookup, register
+from pagerl.registry import Registry, lookup, register
 
 ALGORITHMS = Registry("rl.algorithm")
 KL_MODES = ("reward", "loss")

@@ -25,7 +25,7 @@ import torch
 
 from pagerl.rewards.token_rewards import EPS, RunningMoments
 from pagerl.rl.algorithms.checks import require_shape
-from pagerl.rl.algorithms.registry import Registry, lookup, register
+from pagerl.registry import Registry, lookup, register
 
 # (groups[B] dense int64, length T) -> cell ids [B, T] int64
 Scope = Callable[[torch.Tensor, int], torch.Tensor]

@@ -37,7 +37,7 @@ import torch
 
 from pagerl.config.schema import KLConfig
 from pagerl.rl.algorithms.checks import require_shape
-from pagerl.rl.algorithms.registry import Registry, lookup, register
+from pagerl.registry import Registry, lookup, register
 
 # (logprobs[B, T], ref_logprobs[B, T], mask[B, T]) -> KL[B, T]
 KLEstimator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

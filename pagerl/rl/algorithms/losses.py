@@ -41,7 +41,7 @@ import torch
 
 from pagerl.rl.algorithms.checks import require_shape
 from pagerl.rl.algorithms.kl import estimate_kl
-from pagerl.rl.algorithms.registry import Registry, lookup, register
+from pagerl.registry import Registry, lookup, register
 
 # (loss[B, T], mask[B, T] bool, denominator or None) -> scalar
 Aggregation = Callable[[torch.Tensor, torch.Tensor, Optional[float]], torch.Tensor]

@@ -1,6 +1,7 @@
-"""Named registries shared by every selectable piece of the RL algorithms.
+"""Named registries: how a recipe picks an implementation by name.
 
-A recipe picks an estimator, a loss aggregation, a KL controller, ... by name.
+A recipe picks an advantage estimator, a loss aggregation, a KL controller, a
+rollout backend, a weight-sync transport, ... by name.
 Each choice is one entry of a :class:`Registry` (the recipe key it is chosen
 by is the registry's name), added with :func:`register` and read back with
 :func:`lookup`, so a new variant is one decorated function and no caller grows
