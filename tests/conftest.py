@@ -36,7 +36,7 @@ def main_command_after_install():
 
 def fresh_copy(dest: Path) -> Path:
     """A copy of the repository as a new user gets it: no run directories, no caches, no git."""
-    ignore = shutil.ignore_patterns(".git", "runs", "__pycache__", "*.egg-info", ".pytest_cache")
+    ignore = shutil.ignore_patterns(".git", "runs", "__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis")
     shutil.copytree(REPO, dest, ignore=ignore)
     return dest
 

@@ -28,7 +28,8 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
     # What the terminal shows is for a person: the stages, their progress and headlines;
     # the libraries' output is in the log file.
     assert "[sft] step" in proc.stdout and "[eval] done in" in proc.stdout
-    assert len(shown.splitlines()) < 60, shown
+    # (a progress line every tracking.progress_every_s per stage, so a slow machine shows more of them)
+    assert len(shown.splitlines()) < 150, shown
     for noise in ("DeprecationWarning", "(RayTrainWorker", "\x1b[36m", "[DeepSpeed]", "INFO"):
         assert noise not in shown, noise
     log = (run_dir / "logs" / "run.log").read_text()
