@@ -229,7 +229,8 @@ def _rl_headline(ctx: RunContext) -> str:
     if not last:
         return ""
     return (f"{summary['algorithm']} for {summary['steps']} steps: reward {first['reward_total']:.3f} -> "
-            f"{last['reward_total']:.3f}, KL {last['kl']:.4f}, sync max |delta| {last['sync_delta_max']:.2g}")
+            f"{last['reward_total']:.3f}, KL {last['kl']:.4f}"
+            + (f", sync max |delta| {last['sync_delta_max']:.2g}" if "sync_delta_max" in last else ""))
 
 
 register_stage(Stage(

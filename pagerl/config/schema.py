@@ -471,8 +471,6 @@ class RLConfig:
     # Seconds any remote call or collective of the RL roles may take before
     # the run stops naming the role that did not answer.
     timeout_s: float = 300.0
-    checkpoint_every: int = 25
-    log_every: int = 1
 
 
 @dataclass

@@ -160,7 +160,7 @@ class RLController:
         with timer.phase("sync"):
             self.version += 1
             sync = self.sync.sync(self.version)
-            delta = self.verify(step)
+            delta = self.verify(step) if self.cfg.sync.verify else None
         pages = len(rollout)
         total = sum(timer.seconds.values())
         tokens = int(batch["mask"].sum())
@@ -168,10 +168,12 @@ class RLController:
         metrics.update({f"seconds_{k}": timer.seconds[k] for k in PHASES})
         metrics.update({
             "step_s": total, "pages_per_s": pages / total, "tokens_per_s": tokens / total,
-            "sync_delta_max": delta, "sync_mb_per_s": sync.mb_per_s, "sync_seconds": sync.seconds,
+            "sync_mb_per_s": sync.mb_per_s, "sync_seconds": sync.seconds,
             "sync_mb": sync.bytes / 2**20, "version": float(self.version), "kl_coef": self.kl.value,
             "lr": self._lr(step), "prompt_epoch": float(self.cursor.epoch),
         })
+        if delta is not None:
+            metrics["sync_delta_max"] = delta
         self.kl.update(metrics["kl"], pages)
         for name, value in metrics.items():
             if not math.isfinite(value):

@@ -39,13 +39,14 @@ def run_rl_stage(recipe: Any, run_dir: Path, impressions: Sequence[Impression], 
     started = time.perf_counter()
     controller = RLController(recipe, run_dir, policy_dir, [imp.request for imp in impressions])
     try:
-        initial_delta = controller.verify(0)
-        print(f"[rl] rollout/trainer logprob parity before training: max |delta| {initial_delta:.3g}", flush=True)
+        initial_delta = controller.verify(0) if cfg.sync.verify else None
+        print(f"[rl] rollout/trainer logprob parity before training: max |delta| {initial_delta}", flush=True)
         display = CONSOLE.progress(STAGE, int(cfg.steps), recipe.tracking.progress_every_s)
         display.update(0)
         rows = []
         with MetricsLogger.from_config(run_dir, recipe.tracking) as metrics:
-            metrics.log(STAGE, 0, {"sync_delta_max": initial_delta})
+            if initial_delta is not None:
+                metrics.log(STAGE, 0, {"sync_delta_max": initial_delta})
             for step in range(int(cfg.steps)):
                 row = controller.step(step)
                 metrics.log(STAGE, step + 1, row)
