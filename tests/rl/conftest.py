@@ -24,10 +24,12 @@ from pagerl.distributed import ray_cluster
 REPO = Path(__file__).resolve().parents[2]
 # Small enough for 2 CPU cores: 12 candidates, pages of 5, a 2-layer 32-wide model.
 BASE_OVERRIDES = [
-    "run.name=rl-blocks", "model.max_candidates=12", "model.tiny.hidden_size=32",
+    # The building blocks are tested on their own, outside an RL stage (whose checks, such as
+    # rl.rollout.top_p=1, are the stage's).
+    "run.name=rl-blocks", "run.stages=[synth,sft,rm,eval]", "model.max_candidates=12", "model.tiny.hidden_size=32",
     "model.tiny.intermediate_size=64", "model.tiny.num_heads=4", "model.tiny.num_kv_heads=2",
     "rl.rollout.cpus_per_worker=0.5", "rl.rollout.samples_per_request=3", "rl.rollout.batch_size=16",
-    "rl.trainer.cpus_per_rank=0.5", "rl.timeout_s=60",
+    "rl.trainer.cpus_per_rank=0.5", "rl.trainer.micro_batch_size=4", "rl.timeout_s=60",
 ]
 
 
