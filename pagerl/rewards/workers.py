@@ -216,6 +216,8 @@ class RewardWorkerGroup:
                         f"with its worker (rewards.max_batch_retries={self.cfg.max_batch_retries}); "
                         f"last error: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                     ) from None
+                if worker not in self._dead:
+                    self._await_restart(worker)
                 retry_on = self._live_after(worker - 1) if worker not in self._dead else self._live_after(worker)
                 self.stats["retries"] += 1
                 self.retry_log.append((first, attempt + 1, worker, type(exc).__name__))
@@ -229,6 +231,29 @@ class RewardWorkerGroup:
         self.stats["chunks"] += len(spans)
         self.stats["seconds"] += time.perf_counter() - started
         return ScoredPages.concat([r for r in results if r is not None])
+
+    def _await_restart(self, worker: int, timeout_s: float = 120.0) -> None:
+        """Wait until a worker Ray is restarting answers again (or is dead for good).
+
+        A call sent while the actor restarts fails at once with "the actor is
+        restarting"; resending the chunk before the new process is up would
+        spend every retry in a few milliseconds.
+        """
+        import ray
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self._actors[worker].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except ActorDiedError:
+                if worker not in self._dead:
+                    self._dead.add(worker)
+                    self.stats["workers_lost"] += 1
+                return
+            except (RayActorError, GetTimeoutError):
+                time.sleep(0.2)
 
     def shutdown(self) -> None:
         """End the workers (they are not restarted)."""
