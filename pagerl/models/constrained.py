@@ -1,4 +1,4 @@
-"""Constrained decoding: a generated page can only be a valid page (DESIGN.md section 1).
+"""Constrained decoding: a generated page can only be a valid page (docs/method.md, "Constrained decoding").
 
 At each step every sequence of the batch may emit only
 
