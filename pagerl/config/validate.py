@@ -257,8 +257,12 @@ def _rm(r: RecipeConfig) -> Finding:
         return "rm.log_every", f"expected at least 1, got {s.log_every}"
     if not 0.0 <= s.label_smoothing < 0.5:
         return "rm.label_smoothing", f"expected a value in [0, 0.5), got {s.label_smoothing}"
-    if s.page_loss_weight < 0 or s.item_loss_weight < 0 or s.page_loss_weight + s.item_loss_weight == 0:
-        return "rm.page_loss_weight", "page_loss_weight and item_loss_weight must be >= 0 and not both 0"
+    weights = ("page_loss_weight", "item_loss_weight", "click_loss_weight", "page_click_loss_weight")
+    for key in weights:
+        if getattr(s, key) < 0:
+            return f"rm.{key}", f"expected a loss weight >= 0, got {getattr(s, key)}"
+    if sum(getattr(s, key) for key in weights) == 0:
+        return "rm.page_loss_weight", f"every loss weight ({', '.join(weights)}) is 0: nothing to train on"
     for key in ("quality_requests", "quality_random_pages", "quality_perturbed_pages", "stop_after_steps"):
         if getattr(s, key) < 0:
             return f"rm.{key}", f"expected 0 or more, got {getattr(s, key)}"

@@ -58,6 +58,7 @@ from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.models.build import resolve_attn_implementation, resolve_dtype
 from pagerl.models.candidates import CandidatePointer
+from pagerl.rewards.clicks import ITEM_OUTPUTS, PAGE_OUTPUTS
 from pagerl.tokenization.serialize import encode_prompt, encode_response
 
 HEADS_FILE = "reward_model.json"
@@ -79,7 +80,7 @@ class RewardModel(nn.Module):
 
     def __init__(self, backbone: PreTrainedModel, *, index_token_ids: Sequence[int] = (),
                  candidate_echo: Optional[bool] = None, page_pooling: str = "mean", seed: int = 0,
-                 marker_len: int = 0) -> None:
+                 marker_len: int = 0, item_output: str = "score", page_output: str = "score") -> None:
         super().__init__()
         self.model = backbone
         hidden = int(backbone.config.hidden_size)
@@ -94,6 +95,11 @@ class RewardModel(nn.Module):
         if page_pooling not in PAGE_POOLING:
             raise RewardModelError(f"page_pooling: expected one of {PAGE_POOLING}, got {page_pooling!r}")
         self.page_pooling = page_pooling
+        if item_output not in ITEM_OUTPUTS or page_output not in PAGE_OUTPUTS:
+            raise RewardModelError(f"item_output / page_output: expected one of {ITEM_OUTPUTS} / {PAGE_OUTPUTS}, "
+                                   f"got {item_output!r} / {page_output!r}")
+        # What a scored reward is (pagerl.rewards.clicks): the raw head output, or its click units.
+        self.item_output, self.page_output = item_output, page_output
         if self.candidate_echo and not self.index_token_ids:
             raise RewardModelError("candidate_echo needs the tokenizer's candidate index token ids")
         # The echo's spans, contents and lookup (only its echo; the pointer term is the policy's).
@@ -138,6 +144,14 @@ class RewardModel(nn.Module):
             page_state = (hidden[rows, eos_positions] + (slots * valid).sum(1)) / (1.0 + valid.sum(1))
         page = self.page_head(page_state).squeeze(-1)
         return page.float(), item.float()
+
+    def scaled(self, page: torch.Tensor, item: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Raw head outputs on the scale ``item_output`` / ``page_output`` name (:mod:`pagerl.rewards.clicks`)."""
+        if self.item_output == "click_probability":
+            item = torch.sigmoid(item)
+        if self.page_output == "expected_clicks":
+            page = torch.exp(page)
+        return page, item
 
     def _echo_candidates(self, input_ids: torch.Tensor, embeds: torch.Tensor,
                          slot_positions: torch.Tensor) -> torch.Tensor:
@@ -187,6 +201,8 @@ class RewardModel(nn.Module):
             "shared_backbone": True,
             "candidate_echo": self.candidate_echo,
             "page_pooling": self.page_pooling,
+            "item_output": self.item_output,
+            "page_output": self.page_output,
             "index_token_ids": self.index_token_ids,
             "response_marker_len": self.marker_len,
         }, indent=2))
@@ -213,7 +229,9 @@ class RewardModel(nn.Module):
             model = cls(backbone, index_token_ids=heads.get("index_token_ids", ()),
                         candidate_echo=bool(heads.get("candidate_echo", False)),
                         marker_len=int(heads.get("response_marker_len", 0)),
-                        page_pooling=str(heads.get("page_pooling", "eos")))
+                        page_pooling=str(heads.get("page_pooling", "eos")),
+                        item_output=str(heads.get("item_output", "score")),
+                        page_output=str(heads.get("page_output", "score")))
         if int(heads.get("hidden_size", config.hidden_size)) != int(config.hidden_size):
             raise RewardModelError(f"{directory}/{HEADS_FILE}: hidden_size disagrees with config.json")
         state = load_file(str(weights_path))
@@ -311,6 +329,7 @@ class RewardModels:
                 batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
                 batch["slot_positions"].to(self.device), batch["eos_positions"].to(self.device),
             )
+            page, item = self.model.scaled(page, item)
             item = item.cpu().masked_fill(~batch["slot_valid"], 0.0)
             page_out[start : start + len(chunk)] = page.cpu()
             item_out[start : start + len(chunk), : item.shape[1]] = item

@@ -338,7 +338,7 @@ def _check_cfg(cfg: Any) -> None:
             raise ValueError(f"pairs.{family}.max_per_impression: expected at least 1, got {fam.max_per_impression}")
 
 
-def _slot_states(imp: Impression, cfg: Any) -> Tuple[List[str], List[float]]:
+def slot_states(imp: Impression, cfg: Any) -> Tuple[List[str], List[float]]:
     where = f"impression {imp.request.request_id!r}"
     if len(imp.feedback) != len(imp.page):
         raise ValueError(f"{where}: {len(imp.feedback)} feedback entries for a page of {len(imp.page)} items")
@@ -374,7 +374,7 @@ def build_pairs(impressions: Sequence[Impression], cfg: Any, seed: int) -> PairS
     enabled = [f for f in FAMILIES if getattr(cfg, f).enabled]
     built: List[PreferencePair] = []
     for imp in impressions:
-        states, confidence = _slot_states(imp, cfg)
+        states, confidence = slot_states(imp, cfg)
         evidence["impressions"] += 1
         evidence.update(states)
         if ENGAGED in states:

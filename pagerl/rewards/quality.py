@@ -22,6 +22,9 @@ Two kinds of evidence, both on held-out (eval) impressions the models never saw:
      within each request, averaged over requests -- the Bradley-Terry model
      only ever compares pages of one request, so its scale across requests is
      not identified; ``page_spearman_pooled`` pools all pages anyway;
+   - ``item_sum_spearman``: the page's summed item rewards vs its expected
+     clicks, within each request (what an item-only reward optimises; with a
+     click-trained item head the sum is the model's expected clicks);
    - ``item_spearman``: item reward vs the slot's exact expected clicks
      (``sim.expected_slot_clicks``), across the pages of one request at one
      slot index, averaged over (request, slot). This is what the item model's
@@ -172,6 +175,8 @@ def simulator_correlation(models: RewardModels, impressions: Sequence[Impression
     for i, r in enumerate(owner):
         by_request[r].append(i)
     page_within = [spearman(page_reward[i], true_page[i]) for i in by_request.values()]
+    item_sum = item_reward.sum(axis=1)
+    item_sum_within = [spearman(item_sum[i], true_page[i]) for i in by_request.values()]
 
     item_pred, item_true, item_req, item_slot = [], [], [], []
     for i, (q, p) in enumerate(zip(requests, pages)):
@@ -192,6 +197,7 @@ def simulator_correlation(models: RewardModels, impressions: Sequence[Impression
         "pages": len(pages),
         "page_spearman": _nanmean(page_within),
         "page_spearman_pooled": spearman(page_reward, true_page),
+        "item_sum_spearman": _nanmean(item_sum_within),
         "item_spearman": _nanmean(item_within),
         "item_spearman_same_slot": _nanmean(same_slot),
         "item_spearman_pooled": spearman(item_pred, item_true),

@@ -18,7 +18,11 @@ The losses (our design; the paper only says "Bradley-Terry on the pairs"):
   two orders of a swap the same sum);
 - each with label smoothing ``eps`` and margin ``m``:
   ``-(1 - eps) log sigmoid(d - m) - eps log sigmoid(m - d)``, weighted by the
-  pair's weight, and ``loss = page_loss_weight * page + item_loss_weight * item``.
+  pair's weight, and ``loss = page_loss_weight * page + item_loss_weight * item``;
+- with click supervision on (:mod:`pagerl.rewards.clicks`), each step's
+  micro-batch also carries ``micro_batch_size`` logged impressions, drawn in
+  their own seeded order, whose rows join the same forward pass, and the loss
+  adds ``click_loss_weight * item BCE + page_click_loss_weight * page Poisson NLL``.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ import torch.nn.functional as F
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.distributed.device import to_device
+from pagerl.rewards.clicks import click_losses, labels_tensor, uses_clicks
 from pagerl.rewards.models import RewardModel, pack_sequences
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
-from pagerl.train.batching import micro_batches
+from pagerl.train.batching import Schedule, micro_batches
 from pagerl.train.engine import all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker, start_stage_training
 
 
@@ -47,15 +52,20 @@ def bradley_terry_loss(delta: torch.Tensor, weight: torch.Tensor, label_smoothin
     return (weight * nll).sum() / weight.sum().clamp_min(1e-8)
 
 
-def collate_pairs(examples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, torch.Tensor]:
-    """Chosen rows then rejected rows in one padded batch, plus the per-pair tensors.
+def collate_pairs(examples: Sequence[Dict[str, Any]], pad_id: int,
+                  impressions: Sequence[Dict[str, Any]] = ()) -> Dict[str, torch.Tensor]:
+    """Chosen rows, rejected rows, then logged-impression rows in one padded batch, plus the per-pair tensors.
 
-    Each example holds ``prompt``, ``chosen``, ``rejected`` (response ids: K
-    index tokens + EOS), ``slots`` (where the pages differ), ``weight`` and
-    ``family`` (an int code).
+    Each pair example holds ``prompt``, ``chosen``, ``rejected`` (response ids:
+    K index tokens + EOS), ``slots`` (where the pages differ), ``weight`` and
+    ``family`` (an int code); each impression example (:func:`pagerl.rewards.clicks.encode_impressions`)
+    ``prompt``, ``response`` and ``labels``, which become ``click_labels``.
     """
     rows = [(e["prompt"], e["chosen"]) for e in examples] + [(e["prompt"], e["rejected"]) for e in examples]
+    rows += [(e["prompt"], e["response"]) for e in impressions]
     batch = pack_sequences(rows, pad_id)
+    if impressions:
+        batch["click_labels"] = labels_tensor(impressions, batch["slot_positions"].shape[1])
     k_max = batch["slot_positions"].shape[1]
     diff = torch.zeros((len(examples), k_max), dtype=torch.bool)
     for i, e in enumerate(examples):
@@ -69,8 +79,8 @@ def collate_pairs(examples: Sequence[Dict[str, Any]], pad_id: int) -> Dict[str, 
 def pair_deltas(page: torch.Tensor, item: torch.Tensor, diff_slots: torch.Tensor):
     """Per-pair ``(page delta, item delta)`` from the scores of the 2B rows of :func:`collate_pairs`."""
     b = diff_slots.shape[0]
-    page_delta = page[:b] - page[b:]
-    item_delta = ((item[:b] - item[b:]) * diff_slots.to(item.dtype)).sum(dim=1)
+    page_delta = page[:b] - page[b : 2 * b]
+    item_delta = ((item[:b] - item[b : 2 * b]) * diff_slots.to(item.dtype)).sum(dim=1)
     return page_delta, item_delta
 
 
@@ -81,8 +91,14 @@ def rm_losses(model_out, batch: Dict[str, torch.Tensor], rm_cfg: Any) -> Dict[st
     page_loss = bradley_terry_loss(page_delta, batch["weight"], rm_cfg.label_smoothing, rm_cfg.margin)
     item_loss = bradley_terry_loss(item_delta, batch["weight"], rm_cfg.label_smoothing, rm_cfg.margin)
     loss = rm_cfg.page_loss_weight * page_loss + rm_cfg.item_loss_weight * item_loss
-    return {"loss": loss, "page_loss": page_loss, "item_loss": item_loss,
-            "page_acc": (page_delta > 0).float().mean(), "item_acc": (item_delta > 0).float().mean()}
+    parts = {"page_loss": page_loss, "item_loss": item_loss,
+             "page_acc": (page_delta > 0).float().mean(), "item_acc": (item_delta > 0).float().mean()}
+    if "click_labels" in batch:
+        rows = 2 * batch["diff_slots"].shape[0]
+        parts.update(click_losses(page[rows:], item[rows:], batch["click_labels"]))
+        loss = (loss + rm_cfg.click_loss_weight * parts["click_item_loss"]
+                + rm_cfg.page_click_loss_weight * parts["click_page_loss"])
+    return {"loss": loss, **parts}
 
 
 def rm_worker(config: Dict[str, Any]) -> None:
@@ -100,12 +116,19 @@ def rm_worker(config: Dict[str, Any]) -> None:
 
     pad_id = tokenizer.pad_token_id
     names = ("loss", "page_loss", "item_loss", "page_acc", "item_acc")
+    logged = ray.get(config["impressions_ref"]) if uses_clicks(s) else []
+    if logged:
+        names += ("click_item_loss", "click_page_loss")
+        # The impressions' own order: a fixed-size share of every micro-batch, whatever the pair count.
+        click_schedule = Schedule(len(logged), s.micro_batch_size, s.grad_accum_steps, schedule.world_size, 1, 0)
     window = _new_window(names)
     for step in range(start, stop_at):
         lr = lr_at(step, base_lr=s.lr, warmup_steps=s.warmup_steps, total_steps=schedule.total_steps)
         policy.set_lr(lr)
-        for indices in micro_batches(schedule, recipe.run.seed, rank, step):
-            batch = to_device(collate_pairs([examples[i] for i in indices], pad_id), w.device)
+        click_batches = micro_batches(click_schedule, recipe.run.seed + 1, rank, step) if logged else None
+        for m, indices in enumerate(micro_batches(schedule, recipe.run.seed, rank, step)):
+            shown = [logged[i] for i in click_batches[m]] if logged else ()
+            batch = to_device(collate_pairs([examples[i] for i in indices], pad_id, shown), w.device)
             out = policy.forward(batch["input_ids"], batch["attention_mask"],
                                  batch["slot_positions"], batch["eos_positions"])
             parts = rm_losses(out, batch, s)

@@ -1,7 +1,9 @@
 """The reward-model stage (driver side): pairs -> page/item reward models -> quality report.
 
 1. Build preference pairs from the logged training impressions
-   (:mod:`pagerl.rewards.pairs`) and tokenize them once.
+   (:mod:`pagerl.rewards.pairs`) and tokenize them once, with the logged
+   pages and their click labels when click supervision is on
+   (:mod:`pagerl.rewards.clicks`).
 2. Write the initial reward model into ``<run_dir>/rm/init``: the backbone of
    the SFT policy (``policy_dir``, normally ``<run_dir>/sft/final``) with fresh
    heads, or, without a policy, the backbone of a freshly built policy of the
@@ -46,6 +48,7 @@ from pagerl.distributed.launch import fit_stage
 from pagerl.errors import PageRLError
 from pagerl.models.build import build_policy, load_policy
 from pagerl.models.logprobs import backbone_of
+from pagerl.rewards.clicks import encode_impressions, head_outputs, uses_clicks
 from pagerl.rewards.models import HEADS_FILE, WEIGHTS_FILE, RewardModel, load_reward_models
 from pagerl.rewards.pairs import FAMILIES, PairSet, PreferencePair, build_pairs
 from pagerl.rewards.quality import flat_metrics, reward_quality
@@ -111,6 +114,7 @@ def prepare_initial_model(recipe: RecipeConfig, impressions: Sequence[Impression
         page_pooling=recipe.rm.page_pooling,
         seed=recipe.run.seed,
         marker_len=response_marker_length(tokenizer),
+        **head_outputs(recipe.rm),
     )
     tmp = init_dir.with_name(init_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -177,6 +181,12 @@ def run_rm_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Impr
             f"rm: {len(examples)} training pairs cannot fill one global batch of {schedule.global_batch} "
             "(rm.micro_batch_size x rm.grad_accum_steps x distributed.num_workers): lower those or add data"
         )
+    logged = encode_impressions(tokenizer, impressions, recipe.pairs) if uses_clicks(s) else []
+    if logged and len(logged) < schedule.global_batch:
+        raise RMStageError(
+            f"rm.click_loss_weight / rm.page_click_loss_weight: {len(logged)} training impressions cannot fill "
+            f"one global batch of {schedule.global_batch}: lower rm.micro_batch_size or add data"
+        )
     pair_stats = {"train": pairs.to_dict()}
     (stage_dir / PAIRS_FILE).write_text(json.dumps(pair_stats, indent=2))
 
@@ -188,6 +198,7 @@ def run_rm_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Impr
         latest = fit_stage(recipe, run_dir, STAGE, rm_worker, {
             "init_dir": str(stage_dir / "init"),
             "examples_ref": ray.put(examples),
+            "impressions_ref": ray.put(logged),
         }, resume_from=latest, total_steps=schedule.total_steps,
            start_step=int(ckpt.read_trainer_state(latest)["step"]) if latest else 0)
     if latest is None:
@@ -278,5 +289,6 @@ def _print_quality(quality: Dict[str, Any]) -> None:
     sim = quality.get("simulator")
     if sim:
         print(f"[rm] Spearman vs simulator: page {sim['page_spearman']:.3f} (pooled {sim['page_spearman_pooled']:.3f}), "
+              f"summed items {sim['item_sum_spearman']:.3f}, "
               f"item {sim['item_spearman']:.3f} (same slot {sim['item_spearman_same_slot']:.3f}, "
               f"pooled {sim['item_spearman_pooled']:.3f})", flush=True)
