@@ -341,9 +341,11 @@ class RMConfig:
     # Pointwise click supervision on every logged slot (pagerl.rewards.clicks):
     # the item head's binary cross-entropy against click / no click, and the
     # page head's Poisson NLL of the page's click count. A head trained this
-    # way scores pages in click units (probability, expected clicks). 0: off.
-    click_loss_weight: float = 0.0
-    page_click_loss_weight: float = 0.0
+    # way scores pages in click units (probability, expected clicks). 0: off
+    # (pairs alone; on the quickstart world the page-reward Spearman against
+    # the simulator was 0.37 that way at 300 steps, 0.41 with both on).
+    click_loss_weight: float = 1.0
+    page_click_loss_weight: float = 1.0
     # Bradley-Terry label smoothing: the chosen page is taken to be better
     # with probability 1 - label_smoothing (implicit feedback is noisy).
     label_smoothing: float = 0.05

@@ -22,7 +22,9 @@ Invalid pages (our convention, stated in the report):
 Outputs: ``<run_dir>/eval/results.json`` (the table the report reads),
 ``<run_dir>/eval/pages.jsonl`` (one line per request: every method's page,
 its validity and its scores, for inspection and paired comparisons), and the
-means in ``metrics.jsonl`` / TensorBoard under stage ``eval``.
+means in ``metrics.jsonl`` / TensorBoard under stage ``eval``. When the run
+has a trained reward model, ``results["reward_model_view"]`` holds its scores
+of the same pages (:mod:`pagerl.eval.reward_view`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from pagerl.data.io import read_impressions
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.eval.baselines import BASELINES, baseline_rng
+from pagerl.eval.reward_view import reward_model_dir, reward_model_view
 from pagerl.sim.simulator import PageScore, Simulator
 from pagerl.sim.world import World
 from pagerl.tracking.metrics import MetricsLogger
@@ -350,6 +353,14 @@ def run_eval_stage(
                    for i, name in enumerate(learned)},
         "notes": [note for name in order for note in produced[name].notes],
     }
+
+    # The reward model's view of the same pages (pagerl.eval.reward_view), when the run has one.
+    rm_dir = reward_model_dir(recipe, run_dir)
+    results["reward_model_view"] = None if rm_dir is None else reward_model_view(
+        rm_dir, requests,
+        {name: [p if s.valid else None for p, s in zip(produced[name].pages, scores[name])] for name in order},
+        learned, {name: learned[:i] + baselines for i, name in enumerate(learned)},
+        batch_size=recipe.rm.score_batch_size, dtype=recipe.model.dtype)
 
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)

@@ -328,6 +328,7 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
         if m in EVAL_EXPLANATIONS:
             lines.append(f"- `{m}`: {EVAL_EXPLANATIONS[m]}.")
     lines += _paired_lines(results)
+    lines += _reward_view_lines(results)
     notes = results.get("notes")
     if isinstance(notes, list):
         lines += [f"- {n}" for n in notes if isinstance(n, str)]
@@ -362,6 +363,27 @@ def _paired_lines(results: Dict[str, Any]) -> List[str]:
                 for m in ("expected_clicks", "ndcg")])
         lines += _table(["against", "expected_clicks", f"ndcg@{k}" if k else "ndcg"], rows)
     return lines
+
+
+def _reward_view_lines(results: Dict[str, Any]) -> List[str]:
+    """The reward model's paired differences beside the simulator's (``results["reward_model_view"]``)."""
+    view, paired = results.get("reward_model_view"), results.get("paired")
+    if not isinstance(view, dict) or not isinstance(view.get("paired"), dict) or not isinstance(paired, dict):
+        return []
+    lines = ["", f"The reward model's view of the same pages (`pagerl.eval.reward_view`, model `{view.get('model_dir')}`, "
+             f"page head as {view.get('page_output')}, item head as {view.get('item_output')}): each learned policy "
+             "minus each other method by the reward model and by the simulator. A reward-model gain that the "
+             "simulator does not share is over-optimisation of the reward model.", ""]
+    rows = []
+    for learned, against in view["paired"].items():
+        for name, diff in (against or {}).items():
+            truth = (paired.get(learned) or {}).get(name) or {}
+            rows.append([f"`{learned}` − `{name}`",
+                         _mean_se(diff.get("rm_page_diff"), diff.get("rm_page_diff_se")),
+                         _mean_se(diff.get("rm_item_sum_diff"), diff.get("rm_item_sum_diff_se")),
+                         _mean_se(truth.get("expected_clicks_diff"), truth.get("expected_clicks_diff_se"))])
+    return lines + _table(["pair", "reward model: page", "reward model: summed items", "simulator: expected clicks"],
+                          rows)
 
 
 def _is_metric(key: str) -> bool:

@@ -81,12 +81,13 @@ def test_click_losses_against_hand_computed_values():
 
 def test_click_trained_heads_score_in_click_units_and_keep_them_through_a_checkpoint(impressions, tokenizer, tmp_path):
     rm_cfg = RMConfig(click_loss_weight=1.0, page_click_loss_weight=1.0)
-    assert uses_clicks(rm_cfg) and not uses_clicks(RMConfig())
+    pairs_only = RMConfig(click_loss_weight=0.0, page_click_loss_weight=0.0)
+    assert uses_clicks(rm_cfg) and not uses_clicks(pairs_only)
     model = make_model(tokenizer, rm_cfg)
     requests = [imp.request for imp in impressions[:4]]
     pages = [list(imp.page) for imp in impressions[:4]]
     page, item = RewardModels(model, tokenizer).score(requests, pages)
-    raw = RewardModels(make_model(tokenizer, RMConfig()), tokenizer).score(requests, pages)
+    raw = RewardModels(make_model(tokenizer, pairs_only), tokenizer).score(requests, pages)
     torch.testing.assert_close(item, torch.sigmoid(raw[1]))
     torch.testing.assert_close(page, torch.exp(raw[0]))
     model.save_pretrained(tmp_path)
