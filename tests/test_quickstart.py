@@ -22,7 +22,6 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
     shown = proc.stdout + proc.stderr
     assert proc.returncode == 0, shown[-5000:]
     run_dir = repo / "runs" / "quickstart"
-    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())  # the resolved recipe the run wrote
     assert f"run directory: {run_dir}" in proc.stdout
     assert f"report:        {run_dir / 'report.md'}" in proc.stdout
     assert f"log:           {run_dir / 'logs' / 'run.log'}" in proc.stdout
@@ -40,6 +39,7 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
     # the resolved recipe is kept, every path absolute
     recipe = (run_dir / "recipe.yaml").read_text()
     assert "name: quickstart" in recipe and f"output_dir: {repo / 'runs'}" in recipe
+    resolved = yaml.safe_load(recipe)
 
     # metrics: SFT loss per logged step, falling; eval aggregates
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -62,7 +62,7 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
     assert (run_dir / "rm" / "final" / "reward_model.json").is_file()
 
     # the RL stage: every step logged its phases, rewards, KL and a verified weight sync
-    steps = recipe["rl"]["steps"]
+    steps = resolved["rl"]["steps"]
     rl = [r for r in rows if r["stage"] == "rl" and "reward_total" in r]
     assert len(rl) == steps
     for r in rl:
