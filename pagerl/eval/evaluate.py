@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.eval.baselines import BASELINES, baseline_rng
 from pagerl.eval.reward_view import reward_model_dir, reward_model_view
+from pagerl.eval.stats import mean_se
 from pagerl.sim.simulator import PageScore, Simulator
 from pagerl.sim.world import World
 from pagerl.tracking.metrics import MetricsLogger
@@ -83,14 +83,6 @@ def score_method(
     return scores
 
 
-def _mean_se(values: Sequence[float]) -> tuple:
-    """Mean and standard error; None where undefined (no values / a single value)."""
-    arr = np.asarray(values, dtype=np.float64)
-    mean = float(arr.mean()) if len(arr) else None
-    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else None
-    return mean, se
-
-
 def aggregate(scores: Sequence[PageScore]) -> Dict[str, Any]:
     """Per metric of :data:`METRICS`: ``<metric>`` (mean) and ``<metric>_se``,
     plus ``count`` (requests) and ``valid_count`` (valid pages).
@@ -107,7 +99,7 @@ def aggregate(scores: Sequence[PageScore]) -> Dict[str, Any]:
             values = [getattr(s, name) for s in valid]
         else:
             values = [getattr(s, name) for s in scores]
-        out[name], out[f"{name}_se"] = _mean_se(values)
+        out[name], out[f"{name}_se"] = mean_se(values)
     return out
 
 
@@ -128,7 +120,7 @@ def paired_differences(learned: Sequence[PageScore], baseline: Sequence[PageScor
     out: Dict[str, Any] = {}
     for name in PAIRED_METRICS:
         diff = [getattr(a, name) - getattr(b, name) for a, b in zip(learned, baseline)]
-        out[f"{name}_diff"], out[f"{name}_diff_se"] = _mean_se(diff)
+        out[f"{name}_diff"], out[f"{name}_diff_se"] = mean_se(diff)
         out[f"{name}_win_rate"] = float(np.mean([d > 0 for d in diff])) if diff else None
     return out
 
@@ -360,7 +352,8 @@ def run_eval_stage(
         rm_dir, requests,
         {name: [p if s.valid else None for p, s in zip(produced[name].pages, scores[name])] for name in order},
         learned, {name: learned[:i] + baselines for i, name in enumerate(learned)},
-        batch_size=recipe.rm.score_batch_size, dtype=recipe.model.dtype)
+        batch_size=recipe.rm.score_batch_size, dtype=recipe.model.dtype,
+        attn_implementation=recipe.model.attn_implementation)
 
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)

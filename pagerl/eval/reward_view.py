@@ -18,13 +18,13 @@ paired difference uses the requests where both pages are valid.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
 from pagerl.data.types import Request
+from pagerl.eval.stats import mean_se
 
 FIGURES = ("rm_page", "rm_item_sum")
 
@@ -37,26 +37,19 @@ def reward_model_dir(recipe: Any, run_dir: Path) -> Optional[Path]:
     return directory if (directory / HEADS_FILE).is_file() else None
 
 
-def _mean_se(x: np.ndarray) -> tuple:
-    if len(x) == 0:
-        return None, None
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-    return float(x.mean()), se
-
-
 def reward_model_view(model_dir: Path, requests: Sequence[Request], pages: Mapping[str, Sequence[Any]],
                       learned: Sequence[str], others: Mapping[str, Sequence[str]], *, batch_size: int = 64,
-                      dtype: Optional[str] = None) -> Dict[str, Any]:
+                      dtype: Optional[str] = None, attn_implementation: str = "sdpa") -> Dict[str, Any]:
     """Reward-model figures of each method's pages (module doc).
 
-    ``pages[name][i]`` is method ``name``'s page for ``requests[i]`` (None when
-    it has none); ``valid`` pages are those the simulator accepted, passed as
-    ``pages`` entries that are not None. ``others[policy]`` names the methods
-    each learned policy is paired with.
+    ``pages[name][i]`` is method ``name``'s valid page for ``requests[i]``, or
+    None when it has no valid page there (not scored). ``others[policy]``
+    names the methods each learned policy is paired with.
     """
     from pagerl.rewards.models import load_reward_models
 
-    models = load_reward_models(model_dir, batch_size=batch_size, dtype=dtype)
+    models = load_reward_models(model_dir, batch_size=batch_size, dtype=dtype,
+                                attn_implementation=attn_implementation)
     values: Dict[str, Dict[str, np.ndarray]] = {}
     table: Dict[str, Dict[str, Any]] = {}
     for name, method_pages in pages.items():
@@ -69,7 +62,7 @@ def reward_model_view(model_dir: Path, requests: Sequence[Request], pages: Mappi
         values[name] = figures
         row: Dict[str, Any] = {"scored": len(rows)}
         for f in FIGURES:
-            row[f], row[f"{f}_se"] = _mean_se(figures[f][rows])
+            row[f], row[f"{f}_se"] = mean_se(figures[f][rows])
         table[name] = row
     paired: Dict[str, Dict[str, Any]] = {}
     for name in learned:
@@ -79,7 +72,7 @@ def reward_model_view(model_dir: Path, requests: Sequence[Request], pages: Mappi
             for f in FIGURES:
                 diff = values[name][f] - values[other][f]
                 diff = diff[~np.isnan(diff)]
-                entry[f"{f}_diff"], entry[f"{f}_diff_se"] = _mean_se(diff)
+                entry[f"{f}_diff"], entry[f"{f}_diff_se"] = mean_se(diff)
             paired[name][other] = entry
     heads = models.model
     return {"model_dir": str(model_dir), "item_output": heads.item_output, "page_output": heads.page_output,

@@ -64,9 +64,9 @@ def collate_pairs(examples: Sequence[Dict[str, Any]], pad_id: int,
     rows = [(e["prompt"], e["chosen"]) for e in examples] + [(e["prompt"], e["rejected"]) for e in examples]
     rows += [(e["prompt"], e["response"]) for e in impressions]
     batch = pack_sequences(rows, pad_id)
-    if impressions:
-        batch["click_labels"] = labels_tensor(impressions, batch["slot_positions"].shape[1])
     k_max = batch["slot_positions"].shape[1]
+    if impressions:
+        batch["click_labels"] = labels_tensor(impressions, k_max)
     diff = torch.zeros((len(examples), k_max), dtype=torch.bool)
     for i, e in enumerate(examples):
         diff[i, list(e["slots"])] = True
