@@ -479,6 +479,17 @@ class RLConfig:
     # Seconds any remote call or collective of the RL roles may take before
     # the run stops naming the role that did not answer.
     timeout_s: float = 300.0
+    # Write the whole RL state every this many steps (pagerl.rl.checkpoint):
+    # policy and critic with their optimizer partitions, every trainer rank's
+    # RNG, the prompt cursor, the sync version, the KL coefficient, the reward
+    # moments and the per-slot baselines. An interrupted stage resumes from
+    # the newest complete one. 0: no checkpoints (a rerun starts over).
+    checkpoint_every: int = 50
+    # Complete RL checkpoints kept; older ones are removed as new ones land.
+    keep_checkpoints: int = 2
+    # Interrupt the stage (as a crash would) after this many steps of one
+    # attempt; used to test resume. 0 never interrupts.
+    stop_after_steps: int = 0
 
 
 @dataclass

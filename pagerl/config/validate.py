@@ -321,6 +321,11 @@ def _rl(r: RecipeConfig) -> Finding:
         return ("rl.lr" if c.lr <= 0 else "rl.critic_lr"), "expected a positive learning rate"
     if c.timeout_s < 10:
         return "rl.timeout_s", f"expected at least 10 seconds, got {c.timeout_s}"
+    for key in ("checkpoint_every", "stop_after_steps"):
+        if getattr(c, key) < 0:
+            return f"rl.{key}", f"expected 0 (off) or a positive number of steps, got {getattr(c, key)}"
+    if c.keep_checkpoints < 1:
+        return "rl.keep_checkpoints", f"expected at least 1, got {c.keep_checkpoints}"
     if c.sync.bucket_mb <= 0:
         return "rl.sync.bucket_mb", f"expected a positive size, got {c.sync.bucket_mb}"
     if c.sync.max_logprob_delta <= 0:

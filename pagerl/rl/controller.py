@@ -30,6 +30,7 @@ import torch
 
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
+from pagerl.rl import checkpoint as ckpt
 from pagerl.rl import experience as xp
 from pagerl.rl.algorithms import (
     AdvantageInputs,
@@ -100,7 +101,8 @@ class Timer:
 class RLController:
     """The roles of the RL stage and the loop that drives them (module docstring)."""
 
-    def __init__(self, recipe: Any, run_dir: Path, policy_dir: str, requests: Sequence[Request]) -> None:
+    def __init__(self, recipe: Any, run_dir: Path, policy_dir: str, requests: Sequence[Request],
+                 resume_dir: Optional[Path] = None) -> None:
         from pagerl.rewards.workers import RewardWorkerGroup
 
         self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
@@ -118,6 +120,9 @@ class RLController:
 
         self.normalizer = RewardNormalizer()
         self.version = 0
+        # The step the loop runs next: 0, or the step a resumed checkpoint was taken after.
+        self.next_step = 0
+        state = None if resume_dir is None else ckpt.read_controller_state(resume_dir, policy_dir)
         timeout = float(cfg.timeout_s)
         ranks = int(cfg.trainer.num_ranks)
         self.placement = plan_placement({
@@ -127,7 +132,8 @@ class RLController:
         }, timeout, name="")
         self.trainers = ActorGroup("trainer", PolicyTrainerRank, ranks, num_cpus=cfg.trainer.cpus_per_rank,
                                    num_gpus=cfg.trainer.gpus_per_rank, placement=self.placement.of("trainer"),
-                                   init_args=(recipe, policy_dir, ranks, self.algorithm.needs_critic),
+                                   init_args=(recipe, policy_dir, ranks, self.algorithm.needs_critic,
+                                              None if resume_dir is None else str(resume_dir)),
                                    timeout_s=timeout)
         self.rollouts = ActorGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
                                    num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
@@ -138,7 +144,45 @@ class RLController:
         self.trainers.call_each("connect", [(head["host"], head["port"], r) for r in range(ranks)])
         self.rewards.wait_ready(timeout)
         self.sync = WeightSync(self.trainers, self.rollouts, cfg.sync, timeout)
+        # Sampled by the initial (SFT) weights the rollout workers start from, resumed or not.
         self.probe = self._probe_batch()
+        if state is not None:
+            self._load_state(state)
+
+    # -- checkpoints (pagerl.rl.checkpoint) -----------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything of the loop's own state a resumed run needs (the trainer ranks save theirs)."""
+        return {
+            "next_step": self.next_step, "sync_version": self.version, "cursor": self.cursor.state_dict(),
+            "kl": self.kl.state_dict(), "normalizer": self.normalizer.state_dict(),
+            "baseline": self.baseline.state_dict(),
+            "reference": {"dir": self._policy_dir, "sha256": ckpt.weights_digest(self._policy_dir)},
+        }
+
+    def save_checkpoint(self, stage_dir: Path) -> Path:
+        """Checkpoint the whole RL state after ``next_step`` steps; the controller's file goes last."""
+        directory = ckpt.checkpoint_dir(stage_dir, self.next_step)
+        if directory.exists():  # an incomplete attempt at the same step
+            import shutil
+
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        self.trainers.call("save_checkpoint", str(directory), self.next_step)
+        ckpt.write_controller_state(directory, self.state_dict())
+        ckpt.prune(stage_dir, int(self.cfg.keep_checkpoints))
+        return directory
+
+    def _load_state(self, state: Dict[str, Any]) -> None:
+        """Restore the loop's state and push the restored policy to the rollout workers (verified)."""
+        self.next_step = int(state["next_step"])
+        self.cursor.epoch, self.cursor.offset = int(state["cursor"]["epoch"]), int(state["cursor"]["offset"])
+        self.kl.load_state_dict(state["kl"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.baseline.load_state_dict(state["baseline"])
+        self.version = int(state["sync_version"])
+        self.sync.sync(self.version)
+        if self.cfg.sync.verify:
+            self.verify(self.next_step)
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, step: int) -> Dict[str, float]:
@@ -146,6 +190,7 @@ class RLController:
         timer = Timer()
         indices = self.cursor.next()
         requests = [self.requests[i] for i in indices]
+        self.last_request_ids = [r.request_id for r in requests]
         with timer.phase("generate"):
             rollout = self._generate(requests, step)
         with timer.phase("reward"):
@@ -178,6 +223,7 @@ class RLController:
         for name, value in metrics.items():
             if not math.isfinite(value):
                 raise RLError(f"rl step {step}: {name} is {value}; stopping rather than training on it")
+        self.next_step = step + 1
         return metrics
 
     def _generate(self, requests: Sequence[Request], step: int) -> RolloutBatch:

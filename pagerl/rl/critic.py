@@ -15,9 +15,11 @@ and its first advantages are the rewards themselves.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Dict, Optional
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from pagerl.models.candidates import CandidatePointer
@@ -46,3 +48,14 @@ class ValueModel(nn.Module):
         hidden, _ = backbone_forward(self.model, self.pointer, input_ids, attention_mask, None, prompt_end)
         values = self.value_head(hidden).squeeze(-1).float()  # [B, L]: value of the state at each position
         return to_response_frame(values, prompt_end, mask)
+
+    def save_pretrained(self, directory: str | Path, state_dict: Optional[Dict[str, torch.Tensor]] = None,
+                        safe_serialization: bool = True) -> None:
+        """The weights (named as in ``named_parameters``) and the backbone's config: what
+        :meth:`pagerl.train.engine.ZeroPolicy.save` writes into an RL checkpoint, and loads back."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = state_dict if state_dict is not None else dict(self.named_parameters())
+        save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(directory / "model.safetensors"),
+                  metadata={"format": "pt"})
+        self.model.config.save_pretrained(directory)

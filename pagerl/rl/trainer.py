@@ -34,6 +34,7 @@ import math
 import os
 import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -55,7 +56,8 @@ def _free_port(host: str) -> int:
 class PolicyTrainerRank:
     """One rank of the policy trainer group (module docstring)."""
 
-    def __init__(self, recipe: Any, policy_dir: str, world_size: int, needs_critic: bool) -> None:
+    def __init__(self, recipe: Any, policy_dir: str, world_size: int, needs_critic: bool,
+                 resume_dir: Optional[str] = None) -> None:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
@@ -64,6 +66,8 @@ class PolicyTrainerRank:
         self.policy_dir = str(policy_dir)
         self.rank, self.world_size = -1, int(world_size)  # the rank is given by connect()
         self.needs_critic = bool(needs_critic)
+        # An RL checkpoint (pagerl.rl.checkpoint) to restore the policy, critic and RNG from.
+        self.resume_dir = None if resume_dir is None else Path(resume_dir)
         torch.manual_seed(recipe.run.seed)
         torch.set_num_threads(max(1, int(math.ceil(self.cfg.trainer.cpus_per_rank))))
         self.use_gpu = float(self.cfg.trainer.gpus_per_rank) > 0
@@ -113,20 +117,25 @@ class PolicyTrainerRank:
         micro = int(cfg.trainer.micro_batch_size)
         self.grad_accum = int(self._grad_accum_steps())
 
-        def engine(module: torch.nn.Module, hf_model: Any, lr: float) -> ZeroPolicy:
+        def engine(module: torch.nn.Module, hf_model: Any, lr: float, part: str) -> ZeroPolicy:
+            resume = None if self.resume_dir is None else self.resume_dir / part
             return ZeroPolicy(module.to(self.device), hf_model, dist_cfg, dtype=recipe.model.dtype, lr=lr,
                               weight_decay=cfg.weight_decay, micro_batch_size=micro,
-                              grad_accum_steps=self.grad_accum, grad_clip=cfg.grad_clip)
+                              grad_accum_steps=self.grad_accum, grad_clip=cfg.grad_clip, resume_dir=resume)
 
         policy = load_policy(self.policy_dir, recipe.model)
         policy.train()
-        self.policy = engine(CausalLMLogprobs(policy, page_tokens=self.page_tokens), policy, cfg.lr)
+        self.policy = engine(CausalLMLogprobs(policy, page_tokens=self.page_tokens), policy, cfg.lr, POLICY_PART)
         self.hf_policy = policy
         self.reference = self._reference(load_policy(self.policy_dir, recipe.model), dist_cfg)
         self.critic = None
         if self.needs_critic:
             value = ValueModel(load_policy(self.policy_dir, recipe.model))
-            self.critic = engine(value, value, cfg.critic_lr)
+            self.critic = engine(value, value, cfg.critic_lr, CRITIC_PART)
+        if self.resume_dir is not None:
+            from safetensors.torch import load_file
+
+            torch.set_rng_state(load_file(str(self.resume_dir / POLICY_PART / _rng_file(self.rank)))["cpu"])
         self.sender = None
 
     def _grad_accum_steps(self) -> int:
@@ -301,8 +310,6 @@ class PolicyTrainerRank:
 
     def save_policy(self, directory: str) -> None:
         """Export the policy as a Hugging Face directory (config, safetensors, tokenizer). Collective."""
-        from pathlib import Path
-
         import torch.distributed as dist
 
         weights = self.policy.full_fp32_weights()
@@ -319,11 +326,36 @@ class PolicyTrainerRank:
             tmp.rename(target)
         dist.barrier()
 
+    def save_checkpoint(self, directory: str, step: int) -> None:
+        """Write the policy and critic with their optimizer partitions, and this rank's RNG. Collective.
+
+        The layout is :mod:`pagerl.rl.checkpoint`'s; the controller writes its
+        own state after every rank has returned, which completes the checkpoint.
+        """
+        from safetensors.torch import save_file
+
+        root = Path(directory)
+        parts = [(POLICY_PART, self.policy)] + ([(CRITIC_PART, self.critic)] if self.critic is not None else [])
+        for part, engine in parts:
+            engine.state.step = int(step)
+            engine.save(root / part, self.tokenizer, {"rl_step": int(step)})
+        save_file({"cpu": torch.get_rng_state()}, str(root / POLICY_PART / _rng_file(self.rank)))
+        import torch.distributed as dist
+
+        dist.barrier()
+
     def shutdown(self) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+POLICY_PART, CRITIC_PART = "policy", "critic"
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_rank{int(rank)}.safetensors"
 
 
 def _add(into: Dict[str, float], values: Dict[str, float]) -> None:

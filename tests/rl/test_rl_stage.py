@@ -114,3 +114,67 @@ def test_a_stale_rollout_policy_stops_the_run_naming_step_and_figure(base):
             controller.verify(1)
     finally:
         controller.shutdown()
+
+
+def _prompts(run_dir):
+    """Request ids per step from rl/prompts.jsonl, the last line of each step."""
+    by_step = {}
+    for line in (run_dir / "rl" / "prompts.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        by_step[row["step"]] = row["request_ids"]
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base):
+    """4 steps straight against 2, stop, resume, 2: same weights, same figures, every prompt once per epoch.
+
+    PPO (policy and critic with their optimizers), an adaptive KL coefficient and running reward
+    moments: every piece of state a resume must restore moves. 16 requests at 8 per step put the
+    checkpoint after step 2 exactly on an epoch boundary.
+    """
+    recipe, run_dir, _ = base
+    impressions = read_impressions([str(run_dir / "data" / "train.jsonl")]).impressions[:16]
+    settings = dict(algorithm="ppo", steps=4, lr=2e-3, checkpoint_every=2,
+                    kl={"coef": 0.05, "controller": "adaptive", "target": 0.001, "horizon": 100})
+    r1, straight, _, policy1 = _variant(base, "straight", **settings)
+    assert run_rl_stage(r1, straight, impressions, policy1)["finished"]
+
+    r2, resumed, _, policy2 = _variant(base, "resumed", stop_after_steps=2, **settings)
+    out = run_rl_stage(r2, resumed, impressions, policy2)
+    assert not out["finished"] and out["step"] == 2
+    checkpoint = resumed / "rl" / "checkpoints" / "step_000002"
+    state = json.loads((checkpoint / "controller.json").read_text())
+    assert state["next_step"] == 2 and state["cursor"] == {"epoch": 1, "offset": 0} and state["sync_version"] == 2
+    assert not (resumed / "rl" / "final").exists()
+    r2 = dataclasses.replace(r2, rl=dataclasses.replace(r2.rl, stop_after_steps=0))
+    out = run_rl_stage(r2, resumed, impressions, policy2)
+    assert out["finished"] and out["resumed_from_step"] == 2
+
+    a, b = _weights(straight / "rl" / "final"), _weights(resumed / "rl" / "final")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-6, worst
+    moved = max(float((a[k].float() - _weights(Path(policy1))[k].float()).abs().max()) for k in a)
+    assert moved > 1e-3  # the steps trained: equal weights are not equal because nothing moved
+
+    def last_rows(d):
+        return {r["step"]: r for r in read_metrics(d, stage="rl") if "reward_total" in r}
+
+    rows1, rows2 = last_rows(straight), last_rows(resumed)
+    assert sorted(rows1) == sorted(rows2) == [1, 2, 3, 4]
+    for step in (3, 4):  # the resumed steps computed what the uninterrupted ones did
+        for key in ("reward_total", "kl", "kl_coef", "reward_page_normalized", "value_loss", "policy_loss"):
+            assert rows2[step][key] == pytest.approx(rows1[step][key], rel=1e-5, abs=1e-7), (step, key)
+    assert rows1[4]["kl_coef"] != settings["kl"]["coef"]  # the adaptive coefficient moved and was restored
+
+    prompts1, prompts2 = _prompts(straight), _prompts(resumed)
+    assert prompts1 == prompts2 and len(prompts2) == 4
+    ids = sorted(imp.request.request_id for imp in impressions)
+    for epoch in (0, 1):  # two epochs of 16: each request exactly once per epoch, none skipped
+        assert sorted(prompts2[2 * epoch] + prompts2[2 * epoch + 1]) == ids
