@@ -434,6 +434,21 @@ class WeightSyncConfig:
 
 
 @dataclass
+class OffPolicyConfig:
+    """How an update corrects for pages sampled by other weights than it starts from
+    (pagerl.rl.algorithms.off_policy)."""
+
+    # A name in pagerl.rl.algorithms.off_policy.CORRECTIONS: "tis" (truncated
+    # importance sampling), "mask" (drop tokens whose ratio is out of range)
+    # or "none".
+    correction: str = "tis"
+    # tis: the per-token weight pi_old / mu is capped here.
+    tis_cap: float = 2.0
+    # mask: tokens whose weight is above this or below its inverse leave the loss.
+    mask_threshold: float = 2.0
+
+
+@dataclass
 class RLConfig:
     """The RL stage: PPO-family updates of the SFT policy on mixed-grained token rewards."""
 
@@ -472,6 +487,11 @@ class RLConfig:
     critic_lr: float = 5.0e-4
     value_clip: float = 0.2
     value_coef: float = 0.5
+    # One-step off-policy overlap (pagerl.rl.controller): the pages of step
+    # t+1 are sampled while step t trains, by the weights before step t's
+    # update, and the update corrects for it (rl.off_policy). Off: exactly on-policy.
+    overlap: bool = False
+    off_policy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer: TrainerRoleConfig = field(default_factory=TrainerRoleConfig)

@@ -324,6 +324,14 @@ def _rl(r: RecipeConfig) -> Finding:
     for key in ("checkpoint_every", "stop_after_steps"):
         if getattr(c, key) < 0:
             return f"rl.{key}", f"expected 0 (off) or a positive number of steps, got {getattr(c, key)}"
+    from pagerl.rl.algorithms.off_policy import CORRECTIONS
+
+    if c.off_policy.correction not in CORRECTIONS:
+        return "rl.off_policy.correction", f"expected one of {sorted(CORRECTIONS)}, got {c.off_policy.correction!r}"
+    if c.off_policy.tis_cap < 1:
+        return "rl.off_policy.tis_cap", f"expected at least 1 (a weight of 1 is on-policy), got {c.off_policy.tis_cap}"
+    if c.off_policy.mask_threshold <= 1:
+        return "rl.off_policy.mask_threshold", f"expected more than 1, got {c.off_policy.mask_threshold}"
     if c.keep_checkpoints < 1:
         return "rl.keep_checkpoints", f"expected at least 1, got {c.keep_checkpoints}"
     if c.sync.bucket_mb <= 0:

@@ -7,6 +7,9 @@ One checkpoint is a directory ``<run_dir>/rl/checkpoints/step_<NNNNNN>`` that ho
   optimizer partition, ``trainer_state.json``), plus ``rng_rank<r>.safetensors``,
   every trainer rank's torch RNG state;
 - ``critic/``: the same for the critic, when the algorithm has one;
+- ``inflight.json``, with ``rl.overlap`` only: the next step's pages, sampled
+  ahead of it by the weights before the last update (which no file holds, so
+  they are kept rather than regenerated), with their requests;
 - ``controller.json``, written last (its presence marks the checkpoint
   complete): the next step, the prompt cursor, the sync version, the KL
   controller, the running reward moments, the per-slot baselines and the
@@ -18,8 +21,8 @@ worker), the reward sources are deterministic, the trainer's minibatch order
 is seeded per step, and the controller's prompt order is a seeded
 permutation per epoch. So once the trainer ranks, the controller and the
 rollout weights are restored, step ``s`` of a resumed run is step ``s`` of an
-uninterrupted one. Nothing is in flight between steps (the loop is
-on-policy), so there are no samples to carry.
+uninterrupted one. On-policy nothing is in flight between steps; with
+overlap the one step in flight is stored (``inflight.json``).
 
 The reference policy is not copied: ``controller.json`` names its directory
 and the SHA-256 of its weights, and a resume against other weights is refused.
@@ -37,6 +40,7 @@ from pagerl.errors import PageRLError
 
 CHECKPOINTS = "checkpoints"
 CONTROLLER_STATE = "controller.json"
+INFLIGHT = "inflight.json"
 FORMAT = "pagerl-rl-checkpoint"
 FORMAT_VERSION = 1
 
@@ -119,3 +123,17 @@ def read_controller_state(directory: Path, reference_dir: str | Path) -> Dict[st
             f"(weights sha256 {saved[:12]}...), but this run's reference {reference_dir} has {now[:12]}...; "
             f"remove {Path(directory).parent} to start the RL stage over")
     return state
+
+
+def write_inflight(directory: Path, step: int, indices: List[int], batch: Dict[str, Any]) -> None:
+    """The pages of step ``step`` sampled ahead of it (``rl.overlap``) by the weights before the last
+    update, which the checkpoint does not hold: they are stored, not regenerated. JSON keeps every
+    float exactly (shortest round-trip repr)."""
+    (Path(directory) / INFLIGHT).write_text(json.dumps({"step": int(step), "indices": [int(i) for i in indices],
+                                                        "batch": batch}))
+
+
+def read_inflight(directory: Path):
+    """``(step, request indices, RolloutBatch fields)`` of :func:`write_inflight`."""
+    data = json.loads((Path(directory) / INFLIGHT).read_text())
+    return int(data["step"]), [int(i) for i in data["indices"]], data["batch"]

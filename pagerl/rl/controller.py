@@ -9,6 +9,14 @@
     6. sync        weights stream to the rollout workers in buckets; a probe
                    batch verifies that rollout and trainer agree
 
+With ``rl.overlap`` the rollout workers sample step t+1's pages while step t
+scores, trains and syncs (one step off-policy: by the weights before step t's
+update; the weight sync of step t waits behind that generation). Each page
+carries the version that sampled it; the update corrects from it to the
+trainer's weights by ``rl.off_policy`` (:mod:`pagerl.rl.algorithms.off_policy`),
+and the staleness and importance ratios are logged every step. With it off
+the loop is on-policy and the ratios are 1 within fp32 tolerance.
+
 Every phase is timed, and every number it logs comes from the code named in
 :meth:`RLController.step`. Advantages are computed here, on the whole step's
 batch, because group and per-slot statistics span pages that sit on
@@ -21,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -40,6 +48,7 @@ from pagerl.rl.algorithms import (
     make_kl_controller,
     resolve_algorithm,
 )
+from pagerl.rl.algorithms.off_policy import importance_weights
 from pagerl.rl.groups import ActorGroup
 from pagerl.rl.placement import plan_placement
 from pagerl.rl.rollout import RolloutBatch, RolloutWorker
@@ -86,6 +95,22 @@ class PromptCursor:
 
 
 @dataclass
+class _Inflight:
+    """A step's pages asked for ahead of the step: the pending calls, or the pages once in."""
+
+    step: int
+    indices: List[int]
+    refs: List[Any]
+    offsets: List[int]
+    batch: Optional[RolloutBatch] = None
+
+    def result(self, rollouts: ActorGroup) -> RolloutBatch:
+        if self.batch is None:
+            self.batch = RolloutBatch.concat(rollouts.wait(self.refs), self.offsets)
+        return self.batch
+
+
+@dataclass
 class Timer:
     seconds: Dict[str, float] = field(default_factory=dict)
 
@@ -122,6 +147,9 @@ class RLController:
         self.version = 0
         # The step the loop runs next: 0, or the step a resumed checkpoint was taken after.
         self.next_step = 0
+        # The pages of a step asked for ahead of it (rl.overlap), or restored from a checkpoint.
+        self._inflight: Optional[_Inflight] = None
+        self._resume_dir = resume_dir
         state = None if resume_dir is None else ckpt.read_controller_state(resume_dir, policy_dir)
         timeout = float(cfg.timeout_s)
         ranks = int(cfg.trainer.num_ranks)
@@ -157,6 +185,7 @@ class RLController:
             "kl": self.kl.state_dict(), "normalizer": self.normalizer.state_dict(),
             "baseline": self.baseline.state_dict(),
             "reference": {"dir": self._policy_dir, "sha256": ckpt.weights_digest(self._policy_dir)},
+            "inflight_step": None if self._inflight is None else self._inflight.step,
         }
 
     def save_checkpoint(self, stage_dir: Path) -> Path:
@@ -168,6 +197,9 @@ class RLController:
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         self.trainers.call("save_checkpoint", str(directory), self.next_step)
+        if self._inflight is not None:  # sampled by the weights before the last update: kept, not redone
+            self._inflight.batch = self._inflight.result(self.rollouts)
+            ckpt.write_inflight(directory, self._inflight.step, self._inflight.indices, asdict(self._inflight.batch))
         ckpt.write_controller_state(directory, self.state_dict())
         ckpt.prune(stage_dir, int(self.cfg.keep_checkpoints))
         return directory
@@ -180,19 +212,29 @@ class RLController:
         self.normalizer.load_state_dict(state["normalizer"])
         self.baseline.load_state_dict(state["baseline"])
         self.version = int(state["sync_version"])
+        if state.get("inflight_step") is not None:
+            step, indices, fields = ckpt.read_inflight(self._resume_dir)
+            self._inflight = _Inflight(step, indices, [], [], RolloutBatch(**fields))
         self.sync.sync(self.version)
         if self.cfg.sync.verify:
             self.verify(self.next_step)
 
     # -- the step ---------------------------------------------------------------------------
-    def step(self, step: int) -> Dict[str, float]:
-        """One RL step (the six phases of the module docstring); returns what it logs."""
+    def step(self, step: int, prefetch: bool = False) -> Dict[str, float]:
+        """One RL step (the six phases of the module docstring); returns what it logs.
+
+        With ``rl.overlap`` and ``prefetch`` (there is a next step), the next
+        step's pages are requested from the rollout workers as soon as this
+        step's are in, so they are sampled while this step scores, trains and
+        syncs, by the weights before this step's update.
+        """
         timer = Timer()
-        indices = self.cursor.next()
+        with timer.phase("generate"):
+            indices, rollout = self._collect(step)
+            if self.cfg.overlap and prefetch:
+                self._launch(step + 1)
         requests = [self.requests[i] for i in indices]
         self.last_request_ids = [r.request_id for r in requests]
-        with timer.phase("generate"):
-            rollout = self._generate(requests, step)
         with timer.phase("reward"):
             repeated = [requests[i] for i in rollout.request_index]
             scored = self.rewards.score(repeated, rollout.item_ids, rollout.valid)
@@ -226,14 +268,29 @@ class RLController:
         self.next_step = step + 1
         return metrics
 
-    def _generate(self, requests: Sequence[Request], step: int) -> RolloutBatch:
+    def _launch(self, step: int) -> None:
+        """Ask the rollout workers for step ``step``'s pages (the next requests), by the weights they hold.
+
+        The seed of worker w is a function of (run seed, step, w) only, so a
+        step's pages do not depend on when they were asked for.
+        """
+        indices = self.cursor.next()
+        requests = [self.requests[i] for i in indices]
         workers = len(self.rollouts)
         chunks = np.array_split(np.arange(len(requests)), workers)
         seeds = [int(self.recipe.run.seed) * 1_000_003 + step * 101 + i for i in range(workers)]
         args = [([requests[int(i)] for i in chunk], seeds[w], self.version) for w, chunk in enumerate(chunks)]
-        batches = self.rollouts.call_each("generate", args)
         offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
-        return RolloutBatch.concat(batches, offsets)
+        self._inflight = _Inflight(step, indices, self.rollouts.async_call_each("generate", args), offsets)
+
+    def _collect(self, step: int):
+        """``(request indices, RolloutBatch)`` of step ``step``: launched now, or earlier (overlap, resume)."""
+        if self._inflight is None:
+            self._launch(step)
+        pending, self._inflight = self._inflight, None
+        if pending.step != step:
+            raise RLError(f"rl step {step}: the pages in flight are step {pending.step}'s")
+        return pending.indices, pending.result(self.rollouts)
 
     def _experience(self, rollout: RolloutBatch, scored: Any):
         cfg, rewards_cfg = self.cfg, self.recipe.rewards
@@ -248,6 +305,8 @@ class RLController:
         mask = batch["mask"]
         sampled = xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1])
         mismatch = (exp["old_logprobs"] - sampled).abs()[mask]
+        is_weights, is_stats = importance_weights(exp["old_logprobs"], sampled, mask, cfg.off_policy)
+        staleness = [self.version - v for v in rollout.version]
 
         page, items, valid = scored.as_tensors(torch.float64)
         group_ids = torch.as_tensor(rollout.request_index)
@@ -262,7 +321,7 @@ class RLController:
                                  values=exp["values"].double() if "values" in exp else None)
         advantages, returns = self.algorithm.estimator(inputs, baseline=self.baseline, **advantage_options(cfg))
         batch.update(old_logprobs=exp["old_logprobs"], ref_logprobs=exp["ref_logprobs"],
-                     advantages=advantages.float())
+                     advantages=advantages.float(), is_weights=is_weights.float())
         if self.algorithm.needs_critic:
             batch.update(values=exp["values"], returns=returns.float())
 
@@ -280,6 +339,8 @@ class RLController:
             "advantage_slot0_mean": float(advantages[:, 0].mean()),
             "logprob_mismatch_max": float(mismatch.max()), "logprob_mismatch_mean": float(mismatch.mean()),
             "valid_rate": float(valid.double().mean()), "pages": float(len(rollout)),
+            "staleness_max": float(max(staleness)), "staleness_mean": float(np.mean(staleness)),
+            **is_stats,
         }
         for k in range(items.shape[1]):
             metrics[f"reward_item_slot{k}"] = float(items[:, k].mean())

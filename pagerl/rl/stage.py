@@ -63,7 +63,7 @@ def run_rl_stage(recipe: Any, run_dir: Path, impressions: Sequence[Impression], 
             if initial_delta is not None and resume is None:
                 metrics.log(STAGE, 0, {"sync_delta_max": initial_delta})
             for step in range(start, stop_at):
-                row = controller.step(step)
+                row = controller.step(step, prefetch=step + 1 < total)
                 metrics.log(STAGE, step + 1, row)
                 with prompts_file.open("a") as f:
                     f.write(json.dumps({"step": step + 1, "request_ids": controller.last_request_ids}) + "\n")

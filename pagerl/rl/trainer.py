@@ -241,7 +241,8 @@ class PolicyTrainerRank:
                     mask = d["mask"]
                     loss, pstats = clipped_policy_loss(logp, d["old_logprobs"], d["advantages"], mask,
                                                        clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                                                       loss_agg=cfg.loss_agg, denominator=denominator)
+                                                       loss_agg=cfg.loss_agg, denominator=denominator,
+                                                       weights=d.get("is_weights"))
                     if cfg.entropy_coef:
                         loss = loss + entropy_bonus(ent, mask, coef=cfg.entropy_coef, loss_agg=cfg.loss_agg,
                                                     denominator=denominator)

@@ -80,6 +80,9 @@ def test_reward_rises_on_a_fixed_set_of_requests(base, algorithm):
         assert r["logprob_mismatch_max"] < 1e-5 and r["sync_delta_max"] < 1e-5
         assert all(r[f"seconds_{p}"] > 0 for p in ("generate", "reward", "experience", "train", "sync"))
         assert r["valid_rate"] == 1.0 and r["pages"] == FIXED_REQUESTS * 4
+        # overlap off: exactly on-policy, so the behaviour-to-trainer importance ratio is 1 and nothing is stale
+        assert abs(r["is_ratio_max"] - 1) < 1e-5 and abs(r["is_ratio_min"] - 1) < 1e-5 and r["staleness_max"] == 0
+        assert r["is_corrected_fraction"] == 0.0
     assert rows[0]["ratio_max"] == pytest.approx(1.0, abs=1e-5)
     if algorithm == "ppo":
         assert "value_loss" in rows[-1]
@@ -131,26 +134,31 @@ def _weights(directory):
     return load_file(str(directory / "model.safetensors"))
 
 
-def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base):
+@pytest.mark.parametrize("overlap", [False, True], ids=["on_policy", "overlap"])
+def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base, overlap):
     """4 steps straight against 2, stop, resume, 2: same weights, same figures, every prompt once per epoch.
 
     PPO (policy and critic with their optimizers), an adaptive KL coefficient and running reward
     moments: every piece of state a resume must restore moves. 16 requests at 8 per step put the
-    checkpoint after step 2 exactly on an epoch boundary.
+    checkpoint after step 2 exactly on an epoch boundary. With overlap, step 3's pages are in
+    flight at the checkpoint (sampled by the weights before step 2's update) and must be carried.
     """
     recipe, run_dir, _ = base
     impressions = read_impressions([str(run_dir / "data" / "train.jsonl")]).impressions[:16]
-    settings = dict(algorithm="ppo", steps=4, lr=2e-3, checkpoint_every=2,
+    settings = dict(algorithm="ppo", steps=4, lr=2e-3, checkpoint_every=2, overlap=overlap,
                     kl={"coef": 0.05, "controller": "adaptive", "target": 0.001, "horizon": 100})
-    r1, straight, _, policy1 = _variant(base, "straight", **settings)
+    r1, straight, _, policy1 = _variant(base, f"straight_{overlap}", **settings)
     assert run_rl_stage(r1, straight, impressions, policy1)["finished"]
 
-    r2, resumed, _, policy2 = _variant(base, "resumed", stop_after_steps=2, **settings)
+    r2, resumed, _, policy2 = _variant(base, f"resumed_{overlap}", stop_after_steps=2, **settings)
     out = run_rl_stage(r2, resumed, impressions, policy2)
     assert not out["finished"] and out["step"] == 2
     checkpoint = resumed / "rl" / "checkpoints" / "step_000002"
     state = json.loads((checkpoint / "controller.json").read_text())
-    assert state["next_step"] == 2 and state["cursor"] == {"epoch": 1, "offset": 0} and state["sync_version"] == 2
+    # with overlap the cursor has already handed out step 3's requests (in inflight.json)
+    assert state["cursor"] == {"epoch": 1, "offset": 8 if overlap else 0}
+    assert state["next_step"] == 2 and state["sync_version"] == 2
+    assert (checkpoint / "inflight.json").is_file() == overlap and state["inflight_step"] == (2 if overlap else None)
     assert not (resumed / "rl" / "final").exists()
     r2 = dataclasses.replace(r2, rl=dataclasses.replace(r2.rl, stop_after_steps=0))
     out = run_rl_stage(r2, resumed, impressions, policy2)
@@ -173,6 +181,10 @@ def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base):
             assert rows2[step][key] == pytest.approx(rows1[step][key], rel=1e-5, abs=1e-7), (step, key)
     assert rows1[4]["kl_coef"] != settings["kl"]["coef"]  # the adaptive coefficient moved and was restored
 
+    # overlap: every step after the first trained on pages one version behind, and corrected for it
+    assert [rows2[s]["staleness_max"] for s in (1, 2, 3, 4)] == ([0, 1, 1, 1] if overlap else [0, 0, 0, 0])
+    if overlap:
+        assert rows2[4]["is_ratio_max"] > 1 + 1e-4  # the weights moved between sampling and training
     prompts1, prompts2 = _prompts(straight), _prompts(resumed)
     assert prompts1 == prompts2 and len(prompts2) == 4
     ids = sorted(imp.request.request_id for imp in impressions)

@@ -108,8 +108,13 @@ def clipped_policy_loss(
     clip_high: float = 0.2,
     loss_agg: str = "token_mean",
     denominator: Optional[float] = None,
+    weights: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, Stats]:
     """The clipped surrogate loss and its stats.
+
+    ``weights`` (no gradient), when given, multiply each token's term: the
+    importance correction from the behaviour policy to ``old_logprobs``
+    (:mod:`pagerl.rl.algorithms.off_policy`).
 
     Stats: ``clip_fraction`` (share of tokens where the clipped term is the
     smaller, i.e. carries no gradient), split into ``clip_fraction_low`` and
@@ -134,6 +139,9 @@ def clipped_policy_loss(
     clipped_ratio = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     unclipped, clipped = ratio * adv, clipped_ratio * adv
     per_token = -torch.min(unclipped, clipped)
+    if weights is not None:
+        require_shape("weights", weights, logprobs.shape)
+        per_token = per_token * torch.where(keep, weights.detach().to(per_token.dtype), zero)
     loss = aggregate_loss(per_token, keep, loss_agg, denominator)
 
     with torch.no_grad():
