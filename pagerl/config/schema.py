@@ -385,6 +385,9 @@ class RolloutConfig:
     constrained: bool = True
     # Prompts per decoding forward pass.
     batch_size: int = 64
+    # Times Ray restarts a rollout worker that died (per worker); its pages
+    # are asked for again from the new process, after a weight sync.
+    max_restarts: int = 3
 
 
 @dataclass
@@ -397,6 +400,10 @@ class TrainerRoleConfig:
     zero_stage: int = 2
     # Sequences per rank per forward/backward pass.
     micro_batch_size: int = 16
+    # Times the stage restarts its roles from the newest RL checkpoint after a
+    # trainer rank died (a lost rank breaks the collective, so the group is
+    # formed again); one more loss ends the run.
+    max_restarts: int = 2
 
 
 @dataclass

@@ -321,6 +321,10 @@ def _rl(r: RecipeConfig) -> Finding:
         return ("rl.lr" if c.lr <= 0 else "rl.critic_lr"), "expected a positive learning rate"
     if c.timeout_s < 10:
         return "rl.timeout_s", f"expected at least 10 seconds, got {c.timeout_s}"
+    for key, value in (("rl.rollout.max_restarts", c.rollout.max_restarts),
+                       ("rl.trainer.max_restarts", c.trainer.max_restarts)):
+        if value < 0:
+            return key, f"expected 0 or more restarts, got {value}"
     for key in ("checkpoint_every", "stop_after_steps"):
         if getattr(c, key) < 0:
             return f"rl.{key}", f"expected 0 (off) or a positive number of steps, got {getattr(c, key)}"

@@ -49,9 +49,9 @@ from pagerl.rl.algorithms import (
     resolve_algorithm,
 )
 from pagerl.rl.algorithms.off_policy import importance_weights
-from pagerl.rl.groups import ActorGroup
+from pagerl.rl.groups import ActorGroup, RoleDiedError
 from pagerl.rl.placement import plan_placement
-from pagerl.rl.rollout import RolloutBatch, RolloutWorker
+from pagerl.rl.rollout import RolloutBatch, RolloutVersionError, RolloutWorker
 from pagerl.rl.trainer import PolicyTrainerRank
 from pagerl.rl.weight_sync import WeightSync, verify_sync
 
@@ -96,18 +96,15 @@ class PromptCursor:
 
 @dataclass
 class _Inflight:
-    """A step's pages asked for ahead of the step: the pending calls, or the pages once in."""
+    """A step's pages asked for (ahead of the step with overlap): the calls, or the pages once in."""
 
     step: int
     indices: List[int]
     refs: List[Any]
     offsets: List[int]
+    # per rollout worker: (its requests, its seed), to ask again if the worker is lost
+    args: List[Any] = field(default_factory=list)
     batch: Optional[RolloutBatch] = None
-
-    def result(self, rollouts: ActorGroup) -> RolloutBatch:
-        if self.batch is None:
-            self.batch = RolloutBatch.concat(rollouts.wait(self.refs), self.offsets)
-        return self.batch
 
 
 @dataclass
@@ -163,8 +160,10 @@ class RLController:
                                    init_args=(recipe, policy_dir, ranks, self.algorithm.needs_critic,
                                               None if resume_dir is None else str(resume_dir)),
                                    timeout_s=timeout)
+        self.faults = {"rollout_workers_replaced": 0}
         self.rollouts = ActorGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
                                    num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
+                                   max_restarts=int(cfg.rollout.max_restarts),
                                    placement=self.placement.of("rollout"), init_args=(recipe, policy_dir),
                                    timeout_s=timeout)
         self.rewards = RewardWorkerGroup(recipe, run_dir, placement=self.placement.of("reward"))
@@ -198,7 +197,7 @@ class RLController:
         directory.mkdir(parents=True)
         self.trainers.call("save_checkpoint", str(directory), self.next_step)
         if self._inflight is not None:  # sampled by the weights before the last update: kept, not redone
-            self._inflight.batch = self._inflight.result(self.rollouts)
+            self._pages(self._inflight)
             ckpt.write_inflight(directory, self._inflight.step, self._inflight.indices, asdict(self._inflight.batch))
         ckpt.write_controller_state(directory, self.state_dict())
         ckpt.prune(stage_dir, int(self.cfg.keep_checkpoints))
@@ -214,7 +213,7 @@ class RLController:
         self.version = int(state["sync_version"])
         if state.get("inflight_step") is not None:
             step, indices, fields = ckpt.read_inflight(self._resume_dir)
-            self._inflight = _Inflight(step, indices, [], [], RolloutBatch(**fields))
+            self._inflight = _Inflight(step, indices, [], [], [], RolloutBatch(**fields))
         self.sync.sync(self.version)
         if self.cfg.sync.verify:
             self.verify(self.next_step)
@@ -246,7 +245,7 @@ class RLController:
                                                       for s in self.split(batch)])[0]
         with timer.phase("sync"):
             self.version += 1
-            sync = self.sync.sync(self.version)
+            sync = self._sync(step)
             delta = self.verify(step) if self.cfg.sync.verify else None
         pages = len(rollout)
         total = sum(timer.seconds.values())
@@ -258,6 +257,9 @@ class RLController:
             "sync_mb_per_s": sync.mb_per_s, "sync_seconds": sync.seconds,
             "sync_mb": sync.bytes / 2**20, "version": float(self.version), "kl_coef": self.kl.value,
             "lr": self._lr(step), "prompt_epoch": float(self.cursor.epoch),
+            # faults survived so far in this attempt of the stage (pagerl.rewards.workers for rewards)
+            "rollout_workers_replaced": float(self.faults["rollout_workers_replaced"]),
+            "reward_batch_retries": float(self.rewards.stats["retries"]),
         })
         if delta is not None:
             metrics["sync_delta_max"] = delta
@@ -279,9 +281,65 @@ class RLController:
         workers = len(self.rollouts)
         chunks = np.array_split(np.arange(len(requests)), workers)
         seeds = [int(self.recipe.run.seed) * 1_000_003 + step * 101 + i for i in range(workers)]
-        args = [([requests[int(i)] for i in chunk], seeds[w], self.version) for w, chunk in enumerate(chunks)]
+        args = [([requests[int(i)] for i in chunk], seeds[w]) for w, chunk in enumerate(chunks)]
         offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
-        self._inflight = _Inflight(step, indices, self.rollouts.async_call_each("generate", args), offsets)
+        refs = self.rollouts.async_call_each("generate", [(*a, self.version) for a in args])
+        self._inflight = _Inflight(step, indices, refs, offsets, args)
+
+    def _pages(self, pending: _Inflight) -> RolloutBatch:
+        """The pages of ``pending``, once every worker's are in; a lost worker's are asked for again.
+
+        A rollout worker that dies (SIGKILL, OOM) is restarted by Ray
+        (``rl.rollout.max_restarts``); the new process holds the initial
+        weights, so it is sent the current version before it gets its
+        requests again, with the same seed. On-policy that regenerates the
+        lost pages exactly; with overlap the redone pages come from the
+        current weights (staleness 0), which their version records. Every
+        page is generated once in the batch, whatever was lost.
+        """
+        if pending.batch is not None:
+            return pending.batch
+        limit = int(self.cfg.rollout.max_restarts)
+        batches = []
+        for w, ref in enumerate(pending.refs):
+            for attempt in range(limit + 1):
+                try:
+                    batches.append(self.rollouts.wait([ref])[0])
+                    break
+                except (RoleDiedError, RolloutVersionError) as exc:
+                    # RolloutVersionError: a call that reached the process Ray restarted, before its sync
+                    if attempt == limit:
+                        raise RLError(f"rl step {pending.step}: rollout worker {w} was lost {attempt + 1} times "
+                                      f"(rl.rollout.max_restarts={limit}): {exc}") from exc
+                    self._replace_rollout(w, pending.step)
+                    ref = self.rollouts.async_call_one(w, "generate", *pending.args[w], self.version)
+        pending.batch = RolloutBatch.concat(batches, pending.offsets)
+        return pending.batch
+
+    def _replace_rollout(self, worker: int, step: int):
+        """Wait for Ray's restart of a lost rollout worker and bring it to the current weights."""
+        print(f"[rl] step {step}: rollout worker {worker} died; waiting for its restart and resyncing "
+              f"version {self.version}", flush=True)
+        self.faults["rollout_workers_replaced"] += 1
+        self.rollouts.await_restart(worker)
+        # A fresh transport: a collective one must re-form its group with the new process.
+        self.sync.close()
+        self.sync = WeightSync(self.trainers, self.rollouts, self.cfg.sync, float(self.cfg.timeout_s))
+        return self.sync.sync(self.version)
+
+    def _sync(self, step: int):
+        """Push the trainers' weights as ``self.version``. A rollout worker lost while receiving is
+        replaced and every worker is sent them again, up to ``rl.rollout.max_restarts`` times."""
+        lost = -1
+        for attempt in range(int(self.cfg.rollout.max_restarts) + 1):
+            try:
+                return self.sync.sync(self.version) if attempt == 0 else self._replace_rollout(lost, step)
+            except RoleDiedError as exc:
+                if exc.role != "rollout":
+                    raise
+                lost, error = exc.index, exc
+        raise RLError(f"rl step {step}: the weight sync lost rollout workers {attempt + 1} times "
+                      f"(rl.rollout.max_restarts={self.cfg.rollout.max_restarts}): {error}") from error
 
     def _collect(self, step: int):
         """``(request indices, RolloutBatch)`` of step ``step``: launched now, or earlier (overlap, resume)."""
@@ -290,7 +348,7 @@ class RLController:
         pending, self._inflight = self._inflight, None
         if pending.step != step:
             raise RLError(f"rl step {step}: the pages in flight are step {pending.step}'s")
-        return pending.indices, pending.result(self.rollouts)
+        return pending.indices, self._pages(pending)
 
     def _experience(self, rollout: RolloutBatch, scored: Any):
         cfg, rewards_cfg = self.cfg, self.recipe.rewards

@@ -33,11 +33,19 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 from pagerl.errors import PageRLError
 
 
-class RoleTimeoutError(PageRLError):
+class RoleError(PageRLError):
+    """An actor of a role failed; ``role`` and ``index`` say which (``index`` -1: the whole group)."""
+
+    def __init__(self, message: str, role: str = "", index: int = -1) -> None:
+        super().__init__(message)
+        self.role, self.index = role, int(index)
+
+
+class RoleTimeoutError(RoleError):
     """An actor of a role did not answer a call within the role's timeout."""
 
 
-class RoleDiedError(PageRLError):
+class RoleDiedError(RoleError):
     """An actor of a role died (crashed, was killed, or failed to start)."""
 
 
@@ -74,7 +82,7 @@ def _wait(entries: Sequence[Tuple[Any, _Call]], timeout_s: float, timeout_key: s
         return RoleTimeoutError(
             f"{_describe(calls)} did not answer within {timeout_s:g} s ({timeout_key}={timeout_s:g}); "
             f"the role is stuck or far slower than expected: raise {timeout_key} if the work is "
-            "genuinely that long, else look at that actor's log"
+            "genuinely that long, else look at that actor's log", calls[0].group, calls[0].index
         )
 
     while pending:
@@ -91,7 +99,7 @@ def _wait(entries: Sequence[Tuple[Any, _Call]], timeout_s: float, timeout_key: s
         except RayActorError as exc:
             raise RoleDiedError(
                 f"role {call.group!r}: actor {call.index} died before {call.method}() returned "
-                f"({type(exc).__name__}: {_first_line(exc)})"
+                f"({type(exc).__name__}: {_first_line(exc)})", call.group, call.index
             ) from exc
         except RayTaskError as exc:
             cause = getattr(exc, "cause", None)
@@ -173,6 +181,30 @@ class ActorGroup:
         self._wait_calls([(a.__ray_ready__.remote(), _Call(self.name, i, "__init__"))
                           for i, a in enumerate(self._checked())])
 
+    def await_restart(self, index: int) -> None:
+        """Block until actor ``index``, which Ray is restarting after it died, answers again.
+
+        A call sent while the actor restarts fails at once ("the actor is
+        restarting"), so resending work before the new process is up would
+        spend every retry in milliseconds. Out of restarts (dead for good) or
+        not back within the timeout raises :class:`RoleDiedError`.
+        """
+        import ray
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(self._checked()[index].__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except ActorDiedError as exc:
+                raise RoleDiedError(f"role {self.name!r}: actor {index} is dead for good, out of restarts "
+                                    f"({_first_line(exc)})", self.name, index) from exc
+            except (RayActorError, GetTimeoutError):
+                time.sleep(0.2)
+        raise RoleDiedError(f"role {self.name!r}: actor {index} was not back within {self.timeout_s:g} s "
+                            f"({self.timeout_key})", self.name, index)
+
     def kill(self) -> None:
         """End every actor (without restarts). Calls still pending are lost."""
         import ray
@@ -235,7 +267,7 @@ class ActorGroup:
     # -- internals --------------------------------------------------------------------------
     def _checked(self) -> List[Any]:
         if not self._actors:
-            raise RoleDiedError(f"role {self.name!r}: the group was shut down (kill() was called)")
+            raise RoleDiedError(f"role {self.name!r}: the group was shut down (kill() was called)", self.name)
         return self._actors
 
     def _submit(self, index: int, method: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:

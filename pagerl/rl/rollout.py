@@ -54,6 +54,11 @@ class RolloutError(PageRLError):
     """A rollout worker was asked for something it cannot do as configured."""
 
 
+class RolloutVersionError(RolloutError):
+    """A rollout worker holds other weights than the call asked for (e.g. a restarted process,
+    which starts from the initial weights): it must be synced before it generates."""
+
+
 ROLLOUT_BACKENDS = Registry("rl.rollout.backend")
 
 
@@ -192,7 +197,7 @@ class RolloutWorker:
     def generate(self, requests: Sequence[Request], seed: int, version: Optional[int] = None) -> RolloutBatch:
         """``samples_per_request`` pages per request; ``version`` (if given) must be the one held."""
         if self._version is None or (version is not None and int(version) != self._version):
-            raise RolloutError(
+            raise RolloutVersionError(
                 f"rollout worker {self.worker_index} holds policy version {self.version()}"
                 f"{' (a weight sync did not complete)' if self._version is None else ''}, "
                 f"asked to generate with version {version}"

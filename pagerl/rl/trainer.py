@@ -95,8 +95,10 @@ class PolicyTrainerRank:
         os.environ.update({"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0",
                            "MASTER_ADDR": host, "MASTER_PORT": str(port)})
         backend = backend_for(self.recipe.distributed.backend, self.use_gpu)
-        dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank,
-                                world_size=self.world_size, timeout=timedelta(seconds=float(self.cfg.timeout_s)))
+        # Twice rl.timeout_s: a collective that hangs (a rank stopped or lost) is then reported by the
+        # controller's deadline, which names the role and the call, before gloo/NCCL's own error.
+        dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world_size,
+                                timeout=timedelta(seconds=2 * float(self.cfg.timeout_s)))
         self._build()
         return {"rank": self.rank, "pid": os.getpid(), "device": str(self.device)}
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from pagerl.config.load import load_recipe
 from pagerl.data.io import read_impressions
 from pagerl.distributed import ray_cluster
 from pagerl.rl.controller import RLController
+from pagerl.rl.groups import RoleTimeoutError
 from pagerl.rl.stage import run_rl_stage
 from pagerl.rl.weight_sync import WeightSyncError
 from pagerl.tracking.metrics import read_metrics
@@ -135,7 +140,7 @@ def _weights(directory):
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["on_policy", "overlap"])
-def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base, overlap):
+def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base, uninterrupted, overlap):
     """4 steps straight against 2, stop, resume, 2: same weights, same figures, every prompt once per epoch.
 
     PPO (policy and critic with their optimizers), an adaptive KL coefficient and running reward
@@ -143,13 +148,8 @@ def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base, overlap):
     checkpoint after step 2 exactly on an epoch boundary. With overlap, step 3's pages are in
     flight at the checkpoint (sampled by the weights before step 2's update) and must be carried.
     """
-    recipe, run_dir, _ = base
-    impressions = read_impressions([str(run_dir / "data" / "train.jsonl")]).impressions[:16]
-    settings = dict(algorithm="ppo", steps=4, lr=2e-3, checkpoint_every=2, overlap=overlap,
-                    kl={"coef": 0.05, "controller": "adaptive", "target": 0.001, "horizon": 100})
-    r1, straight, _, policy1 = _variant(base, f"straight_{overlap}", **settings)
-    assert run_rl_stage(r1, straight, impressions, policy1)["finished"]
-
+    straight, policy1 = uninterrupted(overlap)
+    impressions, settings = _sixteen(base), dict(SETTINGS, overlap=overlap)
     r2, resumed, _, policy2 = _variant(base, f"resumed_{overlap}", stop_after_steps=2, **settings)
     out = run_rl_stage(r2, resumed, impressions, policy2)
     assert not out["finished"] and out["step"] == 2
@@ -164,29 +164,183 @@ def test_stop_and_resume_ends_where_an_uninterrupted_run_ends(base, overlap):
     out = run_rl_stage(r2, resumed, impressions, policy2)
     assert out["finished"] and out["resumed_from_step"] == 2
 
-    a, b = _weights(straight / "rl" / "final"), _weights(resumed / "rl" / "final")
-    assert a.keys() == b.keys()
-    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-    assert worst < 1e-6, worst
-    moved = max(float((a[k].float() - _weights(Path(policy1))[k].float()).abs().max()) for k in a)
-    assert moved > 1e-3  # the steps trained: equal weights are not equal because nothing moved
-
-    def last_rows(d):
-        return {r["step"]: r for r in read_metrics(d, stage="rl") if "reward_total" in r}
-
-    rows1, rows2 = last_rows(straight), last_rows(resumed)
-    assert sorted(rows1) == sorted(rows2) == [1, 2, 3, 4]
-    for step in (3, 4):  # the resumed steps computed what the uninterrupted ones did
-        for key in ("reward_total", "kl", "kl_coef", "reward_page_normalized", "value_loss", "policy_loss"):
-            assert rows2[step][key] == pytest.approx(rows1[step][key], rel=1e-5, abs=1e-7), (step, key)
+    rows1, rows2 = _same_run(straight, resumed, policy1, steps=(3, 4))  # the resumed steps computed the same
     assert rows1[4]["kl_coef"] != settings["kl"]["coef"]  # the adaptive coefficient moved and was restored
 
     # overlap: every step after the first trained on pages one version behind, and corrected for it
     assert [rows2[s]["staleness_max"] for s in (1, 2, 3, 4)] == ([0, 1, 1, 1] if overlap else [0, 0, 0, 0])
     if overlap:
         assert rows2[4]["is_ratio_max"] > 1 + 1e-4  # the weights moved between sampling and training
-    prompts1, prompts2 = _prompts(straight), _prompts(resumed)
-    assert prompts1 == prompts2 and len(prompts2) == 4
     ids = sorted(imp.request.request_id for imp in impressions)
+    prompts = _prompts(resumed)
     for epoch in (0, 1):  # two epochs of 16: each request exactly once per epoch, none skipped
-        assert sorted(prompts2[2 * epoch] + prompts2[2 * epoch + 1]) == ids
+        assert sorted(prompts[2 * epoch] + prompts[2 * epoch + 1]) == ids
+
+
+# -- the shared uninterrupted run, and comparing runs with it --------------------------------------
+# PPO (policy and critic with their optimizers), an adaptive KL coefficient and running reward moments.
+SETTINGS = dict(algorithm="ppo", steps=4, lr=2e-3, checkpoint_every=2,
+                kl={"coef": 0.05, "controller": "adaptive", "target": 0.001, "horizon": 100})
+
+
+def _sixteen(base):
+    """16 requests at 8 per step: the checkpoint after step 2 falls on an epoch boundary."""
+    return read_impressions([str(base[1] / "data" / "train.jsonl")]).impressions[:16]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base):
+    """``uninterrupted(overlap)``: (run dir, starting policy) of the 4 steps of SETTINGS run straight."""
+    done = {}
+
+    def get(overlap: bool):
+        if overlap not in done:
+            recipe, run_dir, _, policy = _variant(base, f"straight_{overlap}", overlap=overlap, **SETTINGS)
+            assert run_rl_stage(recipe, run_dir, _sixteen(base), policy)["finished"]
+            done[overlap] = (run_dir, policy)
+        return done[overlap]
+
+    return get
+
+
+def _last_rows(run_dir):
+    return {r["step"]: r for r in read_metrics(run_dir, stage="rl") if "reward_total" in r}
+
+
+def _same_run(straight, other, start_policy, steps):
+    """Assert that ``other`` ended with the weights, the figures (of ``steps``) and the prompts of ``straight``."""
+    a, b = _weights(straight / "rl" / "final"), _weights(other / "rl" / "final")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-6, worst
+    moved = max(float((a[k].float() - _weights(Path(start_policy))[k].float()).abs().max()) for k in a)
+    assert moved > 1e-3  # the steps trained: equal weights are not equal because nothing moved
+    rows1, rows2 = _last_rows(straight), _last_rows(other)
+    assert sorted(rows1) == sorted(rows2) == [1, 2, 3, 4]
+    for step in steps:
+        assert rows2[step]["pages"] == rows1[step]["pages"] == FIXED_REQUESTS * 4
+        for key in ("reward_total", "kl", "kl_coef", "reward_page_normalized", "value_loss", "policy_loss"):
+            assert rows2[step][key] == pytest.approx(rows1[step][key], rel=1e-5, abs=1e-7), (step, key)
+    assert _prompts(straight) == _prompts(other) and len(_prompts(other)) == 4
+    return rows1, rows2
+
+
+# -- faults -----------------------------------------------------------------------------------------
+def _our_raylet() -> int:
+    """The raylet of the cluster this test is connected to: the parent of its worker processes."""
+    import ray
+
+    # num_cpus=0: the RL roles may hold every CPU of the cluster by now
+    return int(ray.get(ray.remote(num_cpus=0)(lambda: os.environ["RAY_RAYLET_PID"]).remote(), timeout=60))
+
+
+def _role_pids(title: str, raylet: int):
+    """Worker processes of ``raylet`` whose title starts with ``title`` (Ray names an actor's
+    process ray::Class.method while it runs one); other Ray clusters on the machine are left alone."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if cmdline.startswith(title) and ppid == raylet:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _signal_when(run_dir, steps_done: int, busy: str, target: str, sig=signal.SIGKILL, pick=0):
+    """A thread that, once ``steps_done`` steps are logged and a process titled ``busy`` runs,
+    sends ``sig`` to the ``pick``-th process titled ``target``; ``.sent`` lists what it hit."""
+    prompts = run_dir / "rl" / "prompts.jsonl"
+    raylet = _our_raylet()
+
+    def watch():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not thread.stop:
+            done = len(prompts.read_text().splitlines()) if prompts.exists() else 0
+            if done >= steps_done and _role_pids(busy, raylet):
+                victims = sorted(_role_pids(target, raylet))
+                if len(victims) > pick:
+                    os.kill(victims[pick], sig)
+                    thread.sent.append((victims[pick], done))
+                    return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.sent, thread.stop = [], False
+    thread.start()
+    return thread
+
+
+def test_lost_rollout_and_reward_workers_are_replaced_and_their_step_completes(base, uninterrupted):
+    """SIGKILL a rollout worker while step 2 trains (before its weight sync), again as soon as step 2
+    is logged (while the checkpoint is written, or step 3 generates), and the reward worker while step 3 trains
+    (before step 4's scoring): every step completes, and the run ends as the uninterrupted one:
+    same weights, same figures, the same 32 pages a step, each prompt once."""
+    straight, policy1 = uninterrupted(False)
+    recipe, run_dir, _, policy = _variant(base, "faults", **SETTINGS)
+    kills = [_signal_when(run_dir, 1, "ray::PolicyTrainerRank.train", "ray::RolloutWorker")]
+    out = None
+    try:
+        def staged():
+            kills[0].join()
+            kills.append(_signal_when(run_dir, 2, "ray::", "ray::RolloutWorker"))  # as step 2 ends
+            kills[1].join()
+            kills.append(_signal_when(run_dir, 2, "ray::PolicyTrainerRank.train", "ray::RewardWorker"))
+
+        chain = threading.Thread(target=staged, daemon=True)
+        chain.start()
+        out = run_rl_stage(recipe, run_dir, _sixteen(base), policy)
+        chain.join(5)
+    finally:
+        for k in kills:
+            k.stop = True
+    assert out["finished"]
+    assert [len(k.sent) for k in kills] == [1, 1, 1], [k.sent for k in kills]
+    for kill in kills:  # every victim is gone: the steps ran on new processes
+        assert not Path(f"/proc/{kill.sent[0][0]}").exists()
+    # Ray delivers a call sent after the death to the restarted process, so a worker killed
+    # while idle may never fail a call (the weight sync, the scoring); the process restarted
+    # before step 3's generate holds the initial weights, which the controller must catch.
+    assert _last_rows(run_dir)[4]["rollout_workers_replaced"] >= 1
+    _same_run(straight, run_dir, policy1, steps=(1, 2, 3, 4))
+
+
+def test_a_lost_trainer_rank_restarts_the_roles_from_the_latest_checkpoint(base, uninterrupted):
+    """SIGKILL trainer rank 1 while step 3 trains: the stage restarts every role from the step-2
+    checkpoint by itself and ends as the uninterrupted run, with one restart recorded."""
+    straight, policy1 = uninterrupted(False)
+    recipe, run_dir, _, policy = _variant(base, "trainer_lost", **SETTINGS)
+    kill = _signal_when(run_dir, 2, "ray::PolicyTrainerRank.train", "ray::PolicyTrainerRank.train", pick=1)
+    try:
+        out = run_rl_stage(recipe, run_dir, _sixteen(base), policy)
+    finally:
+        kill.stop = True
+    assert len(kill.sent) == 1 and out["finished"] and out["trainer_restarts"] == 1
+    _same_run(straight, run_dir, policy1, steps=(1, 2, 3, 4))
+
+
+@pytest.mark.parametrize("role, busy, target", [
+    ("rollout", "ray::PolicyTrainerRank.train", "ray::RolloutWorker"),  # its weight sync never answers
+    ("trainer", "ray::PolicyTrainerRank.train", "ray::PolicyTrainerRank.train"),  # a collective that hangs
+])
+def test_a_role_that_stops_answering_ends_the_run_naming_it(base, role, busy, target):
+    timeout = 30  # above the roles' start-up on 2 busy cores
+    recipe, run_dir, impressions, policy = _variant(base, f"hung_{role}", steps=3, timeout_s=timeout)
+    stop = _signal_when(run_dir, 1, busy, target, sig=signal.SIGSTOP)
+    started = None
+    try:
+        with pytest.raises(RoleTimeoutError, match=rf"{role}\[\d\]\.\w+\(\) did not answer within {timeout} s \(rl.timeout_s={timeout}\)"):
+            started = time.monotonic()
+            run_rl_stage(recipe, run_dir, impressions, policy)
+    finally:
+        stop.stop = True
+        for pid, _ in stop.sent:  # a stopped process is killed with its group; wake it in case it was not
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert len(stop.sent) == 1
+    assert time.monotonic() - started < 4 * timeout  # startup, a step, then one timeout: never a hang
