@@ -311,10 +311,6 @@ def _rl(r: RecipeConfig) -> Finding:
         return "rl.rollout.constrained", "the RL stage needs constrained rollouts (valid pages only) for now"
     if not (0 < c.rollout.top_p <= 1):
         return "rl.rollout.top_p", f"expected a value in (0, 1], got {c.rollout.top_p}"
-    if "rl" in r.run.stages and c.rollout.top_p != 1.0:
-        return "rl.rollout.top_p", ("rollout workers sample from the nucleus, but the trainer's constrained "
-                                    "logprobs do not renormalise over it yet, so every ratio and sync check would "
-                                    "compare two policies; use 1.0")
     if c.rollout.temperature <= 0:
         return "rl.rollout.temperature", f"expected a positive temperature, got {c.rollout.temperature}"
     if c.lr <= 0 or c.critic_lr <= 0:

@@ -159,6 +159,25 @@ def _check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def nucleus_logprobs(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Log-probabilities of the top-``top_p`` nucleus of ``logp`` (last dim), renormalised.
+
+    The nucleus is the smallest set of most likely tokens whose probability
+    reaches ``top_p`` (the most likely token is always in it); every other
+    token gets ``-inf``. Ties are ordered by token id (a stable sort), so the
+    nucleus is a function of the logprobs alone and a teacher-forced pass
+    finds the same one as the sampling pass did. ``top_p >= 1`` returns
+    ``logp`` unchanged.
+    """
+    if top_p >= 1.0:
+        return logp
+    ranked, order = torch.sort(logp, dim=-1, descending=True, stable=True)
+    probs = ranked.exp()
+    above = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked before each one
+    drop = torch.zeros_like(above, dtype=torch.bool).scatter(-1, order, above >= top_p)
+    return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+
+
 def constrained_linear_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -171,9 +190,15 @@ def constrained_linear_logprobs(
     pointer_scores: Optional[torch.Tensor] = None,
     logit_multiplier: float = 1.0,
     temperature: float = 1.0,
+    top_p: float = 1.0,
     return_entropy: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """Logprobs (and entropies) of ``targets`` under the constrained, tempered policy.
+
+    With ``top_p < 1`` the distribution is the nucleus of the constrained one,
+    renormalised (:func:`nucleus_logprobs`, the function rollout samples
+    with): its allowed set lies within the page columns, so the nucleus over
+    them is the nucleus over the vocabulary.
 
     Args:
         hidden: ``[B, T, H]``; ``hidden[:, t]`` predicts ``targets[:, t]``.
@@ -190,6 +215,7 @@ def constrained_linear_logprobs(
             index-token logits (None for a policy without the pointer).
         logit_multiplier: the model's logit scaling (applied before masking).
         temperature: the sampling temperature the logits are divided by.
+        top_p: the sampling nucleus (1.0: the whole constrained distribution).
         return_entropy: also return each scored position's entropy.
 
     Returns:
@@ -255,13 +281,16 @@ def constrained_linear_logprobs(
     local_pad = m if tokens.pad == tokens.eos_id else m + 1
     masked = _mask_scores(logits, local_cand, used_v, count_v, ended_v, n.index_select(0, rows),
                           k.index_select(0, rows), m, local_pad)
-    logp_all = torch.log_softmax(masked / temperature, dim=-1)
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logp_all = nucleus_logprobs(torch.log_softmax(masked / temperature, dim=-1), float(top_p))
     logp_v = logp_all.gather(1, local_target[:, None]).squeeze(1)
     if not bool(torch.isfinite(logp_v).all()):
         where = int(keep[~torch.isfinite(logp_v)][0])
         raise ValueError(
             f"the target at row {where // steps}, step {where % steps} is forbidden by the constraint (a repeated "
             "or out-of-range candidate, EOS before K items or an item after them): not a valid page"
+            + (f", or outside the top_p={top_p} nucleus" if top_p < 1 else "")
         )
 
     def scatter_back(values: torch.Tensor) -> torch.Tensor:
@@ -272,9 +301,9 @@ def constrained_linear_logprobs(
         return logp
     # Forbidden columns have p = 0 and log p = -inf: take 0 * 0 there, so neither the value nor its
     # gradient sees 0 * inf.
-    allowed = torch.isfinite(masked)
+    allowed = torch.isfinite(logp_all)
     entropy_v = -(logp_all.exp() * logp_all.masked_fill(~allowed, 0.0)).sum(dim=-1)
     return logp, scatter_back(entropy_v)
 
 
-__all__ = ["PageTokens", "ResponseConstraint", "constrained_linear_logprobs"]
+__all__ = ["PageTokens", "ResponseConstraint", "constrained_linear_logprobs", "nucleus_logprobs"]

@@ -39,6 +39,7 @@ import torch
 from pagerl.data.types import Request
 from pagerl.models.candidates import CandidatePointer
 from pagerl.models.constrained import PageConstraintProcessor
+from pagerl.models.constrained_logprobs import nucleus_logprobs
 from pagerl.models.logprobs import backbone_inputs, backbone_of, head_logits
 from pagerl.tokenization.serialize import candidate_token_ids, decode_page, encode_prompt
 from pagerl.tokenization.settings import settings_of
@@ -69,25 +70,6 @@ def _left_pad(prompts: Sequence[List[int]], pad_id: int, device: torch.device):
         ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         mask[row, width - len(prompt) :] = 1
     return ids.to(device), mask.to(device)
-
-
-def nucleus_logprobs(logp: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Log-probabilities of the top-``top_p`` nucleus of ``logp`` (last dim), renormalised.
-
-    The nucleus is the smallest set of most likely tokens whose probability
-    reaches ``top_p`` (the most likely token is always in it); every other
-    token gets ``-inf``. Ties are ordered by token id (a stable sort), so the
-    nucleus is a function of the logprobs alone and a teacher-forced pass
-    finds the same one as the sampling pass did. ``top_p >= 1`` returns
-    ``logp`` unchanged.
-    """
-    if top_p >= 1.0:
-        return logp
-    ranked, order = torch.sort(logp, dim=-1, descending=True, stable=True)
-    probs = ranked.exp()
-    above = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked before each one
-    drop = torch.zeros_like(above, dtype=torch.bool).scatter(-1, order, above >= top_p)
-    return torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
 
 
 def _check_sampling(temperature: float, top_p: float, batch_size: int) -> None:

@@ -19,7 +19,7 @@ read from a candidate-pointer policy's config, and a policy without the
 pointer needs ``PageTokens.from_tokenizer(tokenizer)``.
 
 ``wrapper(input_ids, attention_mask=None, labels=None, temperature=1.0,
-return_entropy=False, position_ids=None, prompt_end=None, constraint=None)``:
+return_entropy=False, position_ids=None, prompt_end=None, constraint=None, top_p=1.0)``:
 
 * ``input_ids``, ``attention_mask``, ``labels``: ``[B, L]``. ``labels`` uses
   the Hugging Face convention (``-100`` = not scored); ``None`` scores every
@@ -203,11 +203,15 @@ class CausalLMLogprobs(nn.Module):
         position_ids: Optional[torch.Tensor] = None,
         prompt_end: Optional[torch.Tensor] = None,
         constraint: Optional[ResponseConstraint] = None,
+        top_p: float = 1.0,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         if input_ids.dim() != 2:
             raise ValueError(f"CausalLMLogprobs: input_ids must be [B, L], got {tuple(input_ids.shape)}")
         if input_ids.shape[1] < 2:
             raise ValueError("CausalLMLogprobs: sequences need at least 2 tokens (one to condition on, one to score)")
+        if top_p < 1.0 and constraint is None:
+            raise ValueError("CausalLMLogprobs: top_p < 1 is scored under the constraint only (constraint=...); the "
+                             "full-vocabulary fused path has no nucleus")
         if constraint is not None:
             if not isinstance(constraint, ResponseConstraint):
                 raise ValueError(f"CausalLMLogprobs: constraint must be a ResponseConstraint, got {type(constraint).__name__}")
@@ -250,6 +254,7 @@ class CausalLMLogprobs(nn.Module):
                 pointer_scores=None if self.pointer is None else self.pointer.scores(hidden, contents),
                 logit_multiplier=self._logit_multiplier,
                 temperature=temperature,
+                top_p=top_p,
                 return_entropy=return_entropy,
             )
         if self.pointer is not None:

@@ -442,7 +442,8 @@ class RLController:
     def verify(self, step: int) -> float:
         """Max per-token |rollout - trainer| logprob of the probe batch; above the bound the run stops."""
         p = self.probe
-        args = (p.prompt_ids, p.response_ids, p.num_candidates, p.page_sizes)
+        # top_p=1: the whole constrained distribution, defined for the probe pages whatever the nucleus is now
+        args = (p.prompt_ids, p.response_ids, p.num_candidates, p.page_sizes, 1.0)
         trainer = self.trainers.call("probe_logprobs", *args)[0]
         rollout = self.rollouts.call("probe_logprobs", *args)
         worst = 0.0

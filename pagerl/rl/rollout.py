@@ -98,11 +98,13 @@ class HFRolloutBackend:
 
         return generate_pages(self.model, self.tokenizer, requests, greedy=False, seed=seed, **self._sampling)
 
-    def probe_logprobs(self, prompt_ids, response_ids, num_candidates, page_sizes) -> List[List[float]]:
+    def probe_logprobs(self, prompt_ids, response_ids, num_candidates, page_sizes,
+                       top_p: Optional[float] = None) -> List[List[float]]:
         from pagerl.models.generate import teacher_forced_logprobs
 
+        sampling = dict(self._sampling, **({} if top_p is None else {"top_p": float(top_p)}))
         return teacher_forced_logprobs(self.model, self.tokenizer, prompt_ids, response_ids, num_candidates,
-                                       page_sizes, **self._sampling)
+                                       page_sizes, **sampling)
 
     def parameters(self) -> Dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
@@ -230,9 +232,11 @@ class RolloutWorker:
         return batch
 
     def probe_logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
-                       num_candidates: Sequence[int], page_sizes: Sequence[int]) -> List[List[float]]:
-        """Per-token logprobs of the given responses under the weights held (teacher-forced decoding)."""
-        return self.backend.probe_logprobs(prompt_ids, response_ids, num_candidates, page_sizes)
+                       num_candidates: Sequence[int], page_sizes: Sequence[int],
+                       top_p: Optional[float] = None) -> List[List[float]]:
+        """Per-token logprobs of the given responses under the weights held (teacher-forced decoding),
+        with the sampling nucleus, or with ``top_p`` when given."""
+        return self.backend.probe_logprobs(prompt_ids, response_ids, num_candidates, page_sizes, top_p=top_p)
 
     # -- weight sync ------------------------------------------------------------------------
     def _transport(self, name: str) -> ws.Transport:

@@ -72,6 +72,7 @@ class PolicyTrainerRank:
         torch.set_num_threads(max(1, int(math.ceil(self.cfg.trainer.cpus_per_rank))))
         self.use_gpu = float(self.cfg.trainer.gpus_per_rank) > 0
         self.temperature = float(self.cfg.rollout.temperature)
+        self.top_p = float(self.cfg.rollout.top_p)
 
     # -- the process group ------------------------------------------------------------------
     def address(self) -> Dict[str, Any]:
@@ -166,13 +167,21 @@ class PolicyTrainerRank:
         return engine
 
     # -- experience -------------------------------------------------------------------------
-    def _score(self, module: Any, shard: Batch, entropy: bool = False):
+    def _score(self, module: Any, shard: Batch, entropy: bool = False, top_p: Optional[float] = None):
+        """Constrained logprobs of ``shard``'s responses under ``module``, at the sampling temperature.
+
+        The policy is scored on the distribution rollout samples from, the
+        nucleus ``rl.rollout.top_p`` included (the default); the reference is
+        scored with ``top_p=1``, its whole constrained distribution, so that
+        the KL to it stays finite for every page the policy can sample.
+        """
         from pagerl.models.constrained_logprobs import ResponseConstraint
 
         b = self._on_device(shard)
         out = module(b["input_ids"], b["attention_mask"], b["labels"], temperature=self.temperature,
                      return_entropy=entropy, prompt_end=b["prompt_end"],
-                     constraint=ResponseConstraint(b["num_candidates"], b["page_sizes"]))
+                     constraint=ResponseConstraint(b["num_candidates"], b["page_sizes"]),
+                     top_p=self.top_p if top_p is None else top_p)
         if entropy:
             logp, ent = out
             return (to_response_frame(logp, b["prompt_end"], b["mask"]),
@@ -194,7 +203,7 @@ class PolicyTrainerRank:
                 lp, en = self._score(self.policy.engine, micro, entropy=True)
                 old.append(lp.cpu())
                 ent.append(en.cpu())
-                refs.append(self._score(self.reference, micro).cpu())
+                refs.append(self._score(self.reference, micro, top_p=1.0).cpu())
                 if self.critic is not None:
                     m = self._on_device(micro)
                     values.append(self.critic.engine(m["input_ids"], m["attention_mask"], m["prompt_end"],
@@ -300,11 +309,14 @@ class PolicyTrainerRank:
             self.setup_weight_sync({})
         return self.sender.push(self.hf_policy, version)
 
-    def probe_logprobs(self, prompt_ids, response_ids, num_candidates, page_sizes) -> List[List[float]]:
-        """The current policy's constrained per-token logprobs of given pages. Collective under ZeRO-3."""
+    def probe_logprobs(self, prompt_ids, response_ids, num_candidates, page_sizes,
+                       top_p: Optional[float] = None) -> List[List[float]]:
+        """The current policy's constrained per-token logprobs of given pages (with the sampling nucleus,
+        or with ``top_p`` when given). Collective under ZeRO-3."""
         batch = pack(prompt_ids, response_ids, num_candidates, page_sizes, self._pad_id())
         with torch.no_grad():
-            logp = torch.cat([self._score(self.policy.engine, micro).cpu() for micro in self._micro_batches(batch)])
+            logp = torch.cat([self._score(self.policy.engine, micro, top_p=top_p).cpu()
+                              for micro in self._micro_batches(batch)])
         return frame_to_rows(logp.double(), batch["mask"])
 
     def _pad_id(self) -> int:

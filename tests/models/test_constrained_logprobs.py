@@ -25,7 +25,12 @@ import torch
 
 from pagerl.models.build import build_policy
 from pagerl.models.constrained import constrain_response_logits
-from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint, constrained_linear_logprobs
+from pagerl.models.constrained_logprobs import (
+    PageTokens,
+    ResponseConstraint,
+    constrained_linear_logprobs,
+    nucleus_logprobs,
+)
 from pagerl.models.generate import generate_pages
 from pagerl.models.logprobs import CausalLMLogprobs, policy_logits
 from pagerl.tokenization import build_tokenizer, candidate_token_ids, encode_prompt
@@ -177,6 +182,40 @@ def test_trainer_logprobs_equal_rollout_and_entropies_equal_the_masked_full_logi
     # the full-vocabulary path scores another distribution: the forced EOS alone is far from 0
     full_eos = torch.stack([row[-1] for row in scored_rows(full, labels)])
     assert float(full_eos.mean()) < -1.0
+
+
+@pytest.mark.parametrize("top_p, temperature", [(0.6, 1.0), (0.85, 0.7)])
+def test_nucleus_logprobs_and_entropy_equal_rollout_and_the_explicit_nucleus(setup, top_p, temperature):
+    """Pages sampled from the nucleus of the constrained policy score the same on the trainer path."""
+    variant, model, tokenizer, requests = setup
+    pages = generate_pages(model, tokenizer, requests, greedy=False, constrained=True, temperature=temperature,
+                           top_p=top_p, seed=5, batch_size=4)
+    tokens = None if variant.startswith("pointer") else PageTokens.from_tokenizer(tokenizer)
+    wrapper = CausalLMLogprobs(model, impl="torch", page_tokens=tokens)
+    responses = [p.response_ids for p in pages]
+    ids, mask, labels, _, _ = trainer_batch(tokenizer, requests, responses, "right")
+    slots = candidate_token_ids(tokenizer, MAX_CANDIDATES)
+    truncated = 0
+    with torch.no_grad():
+        logp, entropy = wrapper(ids, mask, labels, return_entropy=True, temperature=temperature, top_p=top_p,
+                                constraint=constraint_of(requests))
+        whole = wrapper(ids, mask, labels, temperature=temperature, constraint=constraint_of(requests))
+        for request, page, got, ent, row_whole in zip(requests, pages, scored_rows(logp, labels),
+                                                      scored_rows(entropy, labels), scored_rows(whole, labels)):
+            torch.testing.assert_close(got, torch.tensor(page.token_logprobs), rtol=0, atol=1e-5)
+            prompt = encode_prompt(tokenizer, request)
+            full_ids = torch.tensor([prompt + list(page.response_ids)])
+            logits = policy_logits(model, full_ids, prompt_end=torch.tensor([len(prompt)]))[:, len(prompt) - 1: -1]
+            masked = constrain_response_logits(logits, torch.tensor([list(page.response_ids)]), slots,
+                                               [len(request.candidates)], [request.page_size],
+                                               tokenizer.eos_token_id, tokenizer.pad_token_id)
+            nucleus = nucleus_logprobs(torch.log_softmax(masked / temperature, -1), top_p)[0]
+            safe = nucleus.masked_fill(~torch.isfinite(nucleus), 0.0)
+            torch.testing.assert_close(ent, -(nucleus.exp() * safe).sum(-1), rtol=0, atol=1e-5)
+            truncated += int((got > row_whole + 1e-4).sum())  # renormalised over a real subset
+    assert truncated > 0
+    with pytest.raises(ValueError, match="top_p < 1 is scored under the constraint only"):
+        wrapper(ids, mask, labels, top_p=top_p)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

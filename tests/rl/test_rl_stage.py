@@ -99,12 +99,15 @@ def test_reward_rises_on_a_fixed_set_of_requests(base, algorithm):
 MARGIN = {"grpo": 0.15, "ppo": 0.15}
 
 
-def test_zero3_with_two_trainer_ranks_runs_steps_and_syncs(base):
-    recipe, run_dir, impressions, policy = _variant(base, "zero3", steps=2, trainer={"zero_stage": 3, "num_ranks": 2})
+def test_zero3_with_two_trainer_ranks_and_a_nucleus_runs_steps_and_syncs(base):
+    """ZeRO-3 over two ranks, sampling from the top_p=0.8 nucleus: the trainer scores the same nucleus."""
+    recipe, run_dir, impressions, policy = _variant(base, "zero3", steps=2, trainer={"zero_stage": 3, "num_ranks": 2},
+                                                    rollout={"top_p": 0.8})
     out = run_rl_stage(recipe, run_dir, impressions, policy)
     rows = [r for r in read_metrics(run_dir, stage="rl") if "reward_total" in r]
     assert out["finished"] and len(rows) == 2
     assert all(r["sync_delta_max"] < 1e-5 and r["version"] == i + 1 for i, r in enumerate(rows))
+    assert all(r["logprob_mismatch_max"] < 1e-5 and abs(r["is_ratio_max"] - 1) < 1e-5 for r in rows)
     assert json.loads((run_dir / "rl" / "summary.json").read_text())["steps"] == 2
 
 
