@@ -428,8 +428,10 @@ class WeightSyncConfig:
     """Pushing the trained policy to the rollout workers, and checking it arrived."""
 
     # A name in pagerl.rl.weight_sync.TRANSPORTS: "object_store" (buckets
-    # through Ray's object store) or "collective" (broadcast over a separate
-    # gloo/NCCL group of trainer rank 0 and the rollout workers).
+    # through Ray's object store), "collective" (broadcast over a separate
+    # gloo/NCCL group of trainer rank 0 and the rollout workers), or
+    # "in_process" (tensors handed over in memory, for roles in one process:
+    # pagerl.rl.local, the benchmark's single-process reference).
     transport: str = "object_store"
     # Size of one streamed bucket; under ZeRO-3 one bucket at a time is gathered.
     bucket_mb: float = 32.0

@@ -55,3 +55,17 @@ def _move(value: Any, device: torch.device, non_blocking: bool) -> Any:
         moved = [_move(v, device, non_blocking) for v in value]
         return type(value)(*moved) if hasattr(value, "_fields") else tuple(moved)  # named tuples keep their type
     return value
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """This process's peak memory: resident set (``ru_maxrss``) and, on a GPU, the peak allocated there.
+
+    What a role reports for the throughput benchmark's per-role memory; on Linux
+    ``ru_maxrss`` is in KiB.
+    """
+    import resource
+
+    out = {"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        out["gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

@@ -80,3 +80,11 @@ def oracle_page(sim: Simulator, request: Request, rng: np.random.Generator) -> L
     Returns the simulator's ``OraclePage`` (a list that also says whether the
     search was exact), so the stage can report when beam search was used."""
     return sim.oracle_page(request)
+
+
+@register_baseline("taste_blind_oracle")
+def taste_blind_oracle_page(sim: Simulator, request: Request, rng: np.random.Generator) -> List[str]:
+    """The oracle's page in the world without the users' latent taste (``Simulator.without_latent_taste``),
+    scored like every page by the full simulator: how much of the SFT-to-oracle gap is knowledge of the
+    hidden user-item match, which no prompt-reading policy can have, and how much is the engine's."""
+    return sim.without_latent_taste().oracle_page(request)

@@ -56,7 +56,7 @@ COMPOSITION_METRICS = ("diversity", "redundancy")
 # Reason of a page a method did not produce at all.
 MISSING_PAGE = "no page"
 # Reference policies that know the ground truth: listed after the learned policy.
-CEILINGS = ("greedy", "oracle")
+CEILINGS = ("greedy", "taste_blind_oracle", "oracle")
 
 Page = Optional[Sequence[str]]
 

@@ -79,6 +79,13 @@ class RewardWorker:
     def pid(self) -> int:
         return os.getpid()
 
+    def peak_memory_mb(self) -> Dict[str, float]:
+        import torch
+
+        from pagerl.distributed.device import peak_memory_mb
+
+        return peak_memory_mb(torch.device("cpu"))
+
     def score(
         self, requests: Sequence[Request], pages: Sequence[Sequence[str]], valid: Optional[Sequence[bool]]
     ) -> ScoredPages:
@@ -137,6 +144,12 @@ class RewardWorkerGroup:
             ) from None
         except RayActorError as exc:
             raise RewardWorkerError(f"a reward worker failed to start: {exc}") from None
+
+    def peak_memory_mb(self) -> List[Dict[str, float]]:
+        """Each worker's peak memory (:func:`pagerl.distributed.device.peak_memory_mb`)."""
+        import ray
+
+        return ray.get([a.peak_memory_mb.remote() for a in self._actors], timeout=60)
 
     def pids(self) -> List[int]:
         """Process ids of the workers (where a test or an operator sends a signal)."""

@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -124,9 +124,9 @@ class RLController:
     """The roles of the RL stage and the loop that drives them (module docstring)."""
 
     def __init__(self, recipe: Any, run_dir: Path, policy_dir: str, requests: Sequence[Request],
-                 resume_dir: Optional[Path] = None) -> None:
-        from pagerl.rewards.workers import RewardWorkerGroup
-
+                 resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., "Roles"]] = None) -> None:
+        """``build_roles`` makes the role groups (:func:`ray_roles`, the default: Ray actors in one
+        placement group; :func:`pagerl.rl.local.local_roles`: the same classes in this process)."""
         self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
         self._policy_dir = str(policy_dir)
         cfg = self.cfg
@@ -150,31 +150,21 @@ class RLController:
         state = None if resume_dir is None else ckpt.read_controller_state(resume_dir, policy_dir)
         timeout = float(cfg.timeout_s)
         ranks = int(cfg.trainer.num_ranks)
-        self.placement = plan_placement({
-            "trainer": (ranks, cfg.trainer.cpus_per_rank, cfg.trainer.gpus_per_rank),
-            "rollout": (cfg.rollout.num_workers, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker),
-            "reward": (recipe.rewards.num_workers, recipe.rewards.cpus_per_worker, 0.0),
-        }, timeout, name="")
-        self.trainers = ActorGroup("trainer", PolicyTrainerRank, ranks, num_cpus=cfg.trainer.cpus_per_rank,
-                                   num_gpus=cfg.trainer.gpus_per_rank, placement=self.placement.of("trainer"),
-                                   init_args=(recipe, policy_dir, ranks, self.algorithm.needs_critic,
-                                              None if resume_dir is None else str(resume_dir)),
-                                   timeout_s=timeout)
         self.faults = {"rollout_workers_replaced": 0}
-        self.rollouts = ActorGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
-                                   num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
-                                   max_restarts=int(cfg.rollout.max_restarts),
-                                   placement=self.placement.of("rollout"), init_args=(recipe, policy_dir),
-                                   timeout_s=timeout)
-        self.rewards = RewardWorkerGroup(recipe, run_dir, placement=self.placement.of("reward"))
-        head = self.trainers.call_one(0, "address")
-        self.trainers.call_each("connect", [(head["host"], head["port"], r) for r in range(ranks)])
-        self.rewards.wait_ready(timeout)
-        self.sync = WeightSync(self.trainers, self.rollouts, cfg.sync, timeout)
-        # Sampled by the initial (SFT) weights the rollout workers start from, resumed or not.
-        self.probe = self._probe_batch()
-        if state is not None:
-            self._load_state(state)
+        self.roles = (build_roles or ray_roles)(recipe, run_dir, policy_dir, self.algorithm.needs_critic, resume_dir)
+        self.trainers, self.rollouts, self.rewards = self.roles.trainers, self.roles.rollouts, self.roles.rewards
+        try:
+            head = self.trainers.call_one(0, "address")
+            self.trainers.call_each("connect", [(head["host"], head["port"], r) for r in range(ranks)])
+            self.rewards.wait_ready(timeout)
+            self.sync = WeightSync(self.trainers, self.rollouts, cfg.sync, timeout)
+            # Sampled by the initial (SFT) weights the rollout workers start from, resumed or not.
+            self.probe = self._probe_batch()
+            if state is not None:
+                self._load_state(state)
+        except BaseException:
+            self.shutdown()  # a role that failed to start must not keep the others' resources reserved
+            raise
 
     # -- checkpoints (pagerl.rl.checkpoint) -----------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -232,6 +222,8 @@ class RLController:
             indices, rollout = self._collect(step)
             if self.cfg.overlap and prefetch:
                 self._launch(step + 1)
+        # seconds the slowest rollout worker spent generating this step's pages (inside the worker)
+        self.last_rollout_seconds = float(rollout.seconds)
         requests = [self.requests[i] for i in indices]
         self.last_request_ids = [r.request_id for r in requests]
         with timer.phase("reward"):
@@ -456,11 +448,50 @@ class RLController:
         self.trainers.call("save_policy", str(directory))
 
     def shutdown(self) -> None:
+        self.roles.shutdown()
+        if hasattr(self, "sync"):
+            self.sync.close()
+
+
+@dataclass
+class Roles:
+    """The role groups a controller drives, and what to release when it is done."""
+
+    trainers: Any
+    rollouts: Any
+    rewards: Any
+    placement: Any = None
+
+    def shutdown(self) -> None:
         for group in (self.rollouts, self.trainers):
             try:
                 group.kill()
             except Exception:  # already gone
                 pass
         self.rewards.shutdown()
-        self.sync.close()
-        self.placement.remove()
+        if self.placement is not None:
+            self.placement.remove()
+
+
+def ray_roles(recipe: Any, run_dir: Path, policy_dir: str, needs_critic: bool, resume_dir: Optional[Path]) -> Roles:
+    """Every role as Ray actors, reserved together in one placement group (``rl.*``, ``rewards.*``)."""
+    from pagerl.rewards.workers import RewardWorkerGroup
+
+    cfg = recipe.rl
+    timeout, ranks = float(cfg.timeout_s), int(cfg.trainer.num_ranks)
+    placement = plan_placement({
+        "trainer": (ranks, cfg.trainer.cpus_per_rank, cfg.trainer.gpus_per_rank),
+        "rollout": (cfg.rollout.num_workers, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker),
+        "reward": (recipe.rewards.num_workers, recipe.rewards.cpus_per_worker, 0.0),
+    }, timeout, name="")
+    trainers = ActorGroup("trainer", PolicyTrainerRank, ranks, num_cpus=cfg.trainer.cpus_per_rank,
+                          num_gpus=cfg.trainer.gpus_per_rank, placement=placement.of("trainer"),
+                          init_args=(recipe, policy_dir, ranks, needs_critic,
+                                     None if resume_dir is None else str(resume_dir)),
+                          timeout_s=timeout)
+    rollouts = ActorGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
+                          num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
+                          max_restarts=int(cfg.rollout.max_restarts), placement=placement.of("rollout"),
+                          init_args=(recipe, policy_dir), timeout_s=timeout)
+    rewards = RewardWorkerGroup(recipe, run_dir, placement=placement.of("reward"))
+    return Roles(trainers, rollouts, rewards, placement)

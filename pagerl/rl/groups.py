@@ -109,7 +109,23 @@ def _wait(entries: Sequence[Tuple[Any, _Call]], timeout_s: float, timeout_key: s
     return results
 
 
-class ActorGroup:
+class CallVocabulary:
+    """The blocking calls, from a group's ``async_call``, ``async_call_each``, ``async_call_one`` and ``wait``."""
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> List[Any]:
+        """The same call on every actor; results in rank order."""
+        return self.wait(self.async_call(method, *args, **kwargs))
+
+    def call_each(self, method: str, per_actor_args: Sequence[Any], **kwargs: Any) -> List[Any]:
+        """One argument tuple per actor (see :meth:`async_call_each`); results in rank order."""
+        return self.wait(self.async_call_each(method, per_actor_args, **kwargs))
+
+    def call_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``method`` on actor ``index`` alone; its result."""
+        return self.wait([self.async_call_one(index, method, *args, **kwargs)])[0]
+
+
+class ActorGroup(CallVocabulary):
     """``count`` actors of ``actor_cls`` playing the role ``name`` (see the module docstring).
 
     ``actor_cls`` is a plain class (made a Ray actor here) or a Ray actor
@@ -251,18 +267,6 @@ class ActorGroup:
     def wait(self, refs: Sequence[Any]) -> List[Any]:
         """Results of references this group's ``async_*`` calls returned, in their order."""
         return self._wait_calls([(ref, self._take(ref)) for ref in refs])
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> List[Any]:
-        """The same call on every actor; results in rank order."""
-        return self.wait(self.async_call(method, *args, **kwargs))
-
-    def call_each(self, method: str, per_actor_args: Sequence[Any], **kwargs: Any) -> List[Any]:
-        """One argument tuple per actor (see :meth:`async_call_each`); results in rank order."""
-        return self.wait(self.async_call_each(method, per_actor_args, **kwargs))
-
-    def call_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
-        """``method`` on actor ``index`` alone; its result."""
-        return self.wait([self.async_call_one(index, method, *args, **kwargs)])[0]
 
     # -- internals --------------------------------------------------------------------------
     def _checked(self) -> List[Any]:

@@ -192,6 +192,11 @@ class RolloutWorker:
         """The policy version held (0: the initial weights; -1: a sync is incomplete)."""
         return -1 if self._version is None else self._version
 
+    def peak_memory_mb(self) -> Dict[str, float]:
+        from pagerl.distributed.device import peak_memory_mb
+
+        return peak_memory_mb(self.device)
+
     def stats(self) -> Dict[str, Any]:
         return {"version": self.version(), "load_calls": self.load_calls}
 

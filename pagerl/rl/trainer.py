@@ -33,6 +33,7 @@ import dataclasses
 import math
 import os
 import socket
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -72,6 +73,7 @@ class PolicyTrainerRank:
         torch.set_num_threads(max(1, int(math.ceil(self.cfg.trainer.cpus_per_rank))))
         self.use_gpu = float(self.cfg.trainer.gpus_per_rank) > 0
         self.temperature = float(self.cfg.rollout.temperature)
+        self.compute_seconds: Dict[str, float] = {}
         self.top_p = float(self.cfg.rollout.top_p)
 
     # -- the process group ------------------------------------------------------------------
@@ -79,7 +81,8 @@ class PolicyTrainerRank:
         """Where rank 0 listens for the group's rendezvous (called on rank 0 only)."""
         import ray
 
-        host = ray.util.get_node_ip_address()
+        # the node's address as Ray knows it; loopback for ranks running in the driver (pagerl.rl.local)
+        host = ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
         return {"host": host, "port": _free_port(host)}
 
     def connect(self, host: str, port: int, rank: int) -> Dict[str, Any]:
@@ -195,6 +198,27 @@ class PolicyTrainerRank:
 
     def experience(self, shard: Batch) -> Batch:
         """Old-policy and reference logprobs, entropy and (with a critic) values of ``shard``. Collective."""
+        started = time.perf_counter()
+        try:
+            return self._experience(shard)
+        finally:
+            self._count("experience", started)
+
+    def _count(self, phase: str, started: float) -> None:
+        self.compute_seconds[phase] = self.compute_seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def take_compute_seconds(self) -> Dict[str, float]:
+        """Seconds spent inside experience() and train() since the last call (the benchmark's share of
+        step time that is model compute)."""
+        out, self.compute_seconds = self.compute_seconds, {}
+        return out
+
+    def peak_memory_mb(self) -> Dict[str, float]:
+        from pagerl.distributed.device import peak_memory_mb
+
+        return peak_memory_mb(self.device)
+
+    def _experience(self, shard: Batch) -> Batch:
         out: Batch = {}
         with torch.no_grad():
             old, ent = [], []
@@ -226,6 +250,13 @@ class PolicyTrainerRank:
         ``advantages``; ``returns`` and ``values`` with a critic). Collective.
         Returns this step's statistics averaged over ranks and minibatches.
         """
+        started = time.perf_counter()
+        try:
+            return self._train(shard, step, kl_coef, lr)
+        finally:
+            self._count("train", started)
+
+    def _train(self, shard: Batch, step: int, kl_coef: float, lr: float) -> Dict[str, float]:
         from pagerl.rl.algorithms import clipped_policy_loss, clipped_value_loss, entropy_bonus, kl_loss
 
         cfg = self.cfg

@@ -48,6 +48,8 @@ with a near-duplicate above them) / (K - 1), 0 when K = 1.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
@@ -303,6 +305,19 @@ class Simulator:
             req.model, self.cfg.oracle_exhaustive_limit, self.cfg.oracle_beam_width, objective
         )
         return OraclePage([req.item_ids[j] for j in positions], value, exact, method, objective)
+
+    def without_latent_taste(self) -> "Simulator":
+        """This world with every user's hidden latent vector set to zero (cached).
+
+        Its scores keep what a request shows or hints at exactly (category
+        affinities, item quality, the query, position and page effects) and
+        drop the user-item latent match, which the prompt never shows (user
+        features are only a noisy copy of it). Its oracle is the best a policy
+        could do that knew everything but the latent taste.
+        """
+        if not hasattr(self, "_blind"):
+            self._blind = Simulator(dataclasses.replace(self.world, user_latent=np.zeros_like(self.world.user_latent)))
+        return self._blind
 
     def greedy_page(self, request: Request) -> List[str]:
         """Candidates sorted by true relevance: the best page of an additive model."""

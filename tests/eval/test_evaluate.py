@@ -262,3 +262,19 @@ def test_data_from_another_world_is_refused(tmp_path, data_dir):
     # Refused before the policy is even loaded (this checkpoint path does not exist).
     with pytest.raises(ValueError, match="does not belong to this world"):
         run_eval_stage(recipe, run, policies={"sft": str(tmp_path / "no_checkpoint")})
+
+
+def test_the_taste_blind_oracle_sits_between_what_the_prompt_shows_and_the_oracle(sim):
+    """Its pages never beat the oracle's; without a latent term in the world it is the oracle."""
+    import dataclasses
+
+    requests = [sim.sample_request(np.random.default_rng(i), f"b{i}") for i in range(12)]
+    rng = np.random.default_rng(0)
+    blind = [s.expected_clicks for s in score_method(
+        [BASELINES["taste_blind_oracle"](sim, r, rng) for r in requests], requests, sim)]
+    best = [s.expected_clicks for s in score_method([BASELINES["oracle"](sim, r, rng) for r in requests],
+                                                    requests, sim)]
+    assert all(b <= o + 1e-12 for b, o in zip(blind, best)) and sum(blind) < sum(best)  # the taste matters here
+    no_taste = Simulator(World.from_config(dataclasses.replace(SIM, latent_weight=0.0), SEED))
+    for r in requests[:4]:
+        assert list(BASELINES["taste_blind_oracle"](no_taste, r, rng)) == list(no_taste.oracle_page(r))

@@ -347,3 +347,25 @@ def test_a_role_that_stops_answering_ends_the_run_naming_it(base, role, busy, ta
                 pass
     assert len(stop.sent) == 1
     assert time.monotonic() - started < 4 * timeout  # startup, a step, then one timeout: never a hang
+
+
+def test_the_single_process_loop_runs_the_controllers_step_without_ray(base, monkeypatch):
+    """pagerl.rl.local: the benchmark's reference runs the same step with every role in this process."""
+    from pagerl.rl.local import LocalGroup, local_roles
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)  # the in-process rank sets them; undone after the test
+    recipe, run_dir, impressions, policy = _variant(base, "local", steps=2, trainer={"num_ranks": 1},
+                                                    sync={"transport": "in_process"})
+    controller = RLController(recipe, run_dir, policy, [imp.request for imp in impressions], build_roles=local_roles)
+    try:
+        assert isinstance(controller.trainers, LocalGroup) and controller.verify(0) < 1e-5
+        rows = [controller.step(s) for s in range(2)]
+        assert controller.trainers.call("take_compute_seconds")[0]["train"] > 0
+    finally:
+        controller.shutdown()
+    for r in rows:
+        assert r["pages"] == FIXED_REQUESTS * 4 and r["sync_delta_max"] < 1e-5 and r["logprob_mismatch_max"] < 1e-5
+    assert rows[1]["version"] == 2 and rows[1]["kl"] > 0
+    with pytest.raises(ValueError, match="in_process"):
+        local_roles(_variant(base, "local2", trainer={"num_ranks": 2})[0], run_dir, policy, False, None)
