@@ -47,6 +47,7 @@ import numpy as np
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.data.types import Request
+from pagerl.distributed.compute_log import ComputeLog, Span
 from pagerl.errors import PageRLError
 from pagerl.rewards.sources import ScoredPages, build_reward_source, check_reward_source, score_pages
 
@@ -71,6 +72,7 @@ class RewardWorker:
             pass
         self.source = build_reward_source(recipe, Path(run_dir))
         self.calls = 0
+        self.compute = ComputeLog()  # when score() ran (pagerl.distributed.compute_log)
 
     def ready(self) -> Dict[str, Any]:
         """Answers once the source is built: its name and this process's id."""
@@ -90,7 +92,12 @@ class RewardWorker:
         self, requests: Sequence[Request], pages: Sequence[Sequence[str]], valid: Optional[Sequence[bool]]
     ) -> ScoredPages:
         self.calls += 1
-        return score_pages(self.source, requests, pages, valid)
+        with self.compute.span("reward"):
+            return score_pages(self.source, requests, pages, valid)
+
+    def take_compute_spans(self) -> List[Span]:
+        """When score() ran since the last call (:mod:`pagerl.distributed.compute_log`)."""
+        return self.compute.take()
 
 
 def _chunks(n: int, size: int) -> List[Tuple[int, int]]:
@@ -150,6 +157,13 @@ class RewardWorkerGroup:
         import ray
 
         return ray.get([a.peak_memory_mb.remote() for a in self._actors], timeout=60)
+
+    def take_compute_spans(self) -> List[Span]:
+        """Every worker's spans of scoring since the last call (:mod:`pagerl.distributed.compute_log`)."""
+        import ray
+
+        return [span for spans in ray.get([a.take_compute_spans.remote() for a in self._actors], timeout=60)
+                for span in spans]
 
     def pids(self) -> List[int]:
         """Process ids of the workers (where a test or an operator sends a signal)."""

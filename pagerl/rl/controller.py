@@ -222,8 +222,6 @@ class RLController:
             indices, rollout = self._collect(step)
             if self.cfg.overlap and prefetch:
                 self._launch(step + 1)
-        # seconds the slowest rollout worker spent generating this step's pages (inside the worker)
-        self.last_rollout_seconds = float(rollout.seconds)
         requests = [self.requests[i] for i in indices]
         self.last_request_ids = [r.request_id for r in requests]
         with timer.phase("reward"):
@@ -436,8 +434,11 @@ class RLController:
         p = self.probe
         # top_p=1: the whole constrained distribution, defined for the probe pages whatever the nucleus is now
         args = (p.prompt_ids, p.response_ids, p.num_candidates, p.page_sizes, 1.0)
-        trainer = self.trainers.call("probe_logprobs", *args)[0]
-        rollout = self.rollouts.call("probe_logprobs", *args)
+        # Both sides score at once: they are independent, and in sequence they were a tenth of a quickstart step.
+        trainer_refs = self.trainers.async_call("probe_logprobs", *args)
+        rollout_refs = self.rollouts.async_call("probe_logprobs", *args)
+        trainer = self.trainers.wait(trainer_refs)[0]
+        rollout = self.rollouts.wait(rollout_refs)
         worst = 0.0
         for answer in rollout:
             worst = max(worst, verify_sync(trainer, answer, None, float(self.cfg.sync.max_logprob_delta), step))

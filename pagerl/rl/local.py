@@ -40,8 +40,6 @@ class LocalGroup(CallVocabulary):
     def __init__(self, name: str, instances: Sequence[Any]) -> None:
         self.name = name
         self._instances: List[Any] = list(instances)
-        # Seconds spent inside each method, for the benchmark's share of time outside model compute.
-        self.seconds: Dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._instances)
@@ -53,13 +51,10 @@ class LocalGroup(CallVocabulary):
     def _run(self, index: int, method: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> _Answer:
         if not self._instances:
             raise RoleDiedError(f"role {self.name!r}: the group was shut down (kill() was called)", self.name)
-        started = time.perf_counter()
         try:
             return _Answer(getattr(self._instances[index], method)(*args, **kwargs))
         except Exception as exc:  # handed to wait(), as a remote error would be
             return _Answer(error=exc)
-        finally:
-            self.seconds[method] = self.seconds.get(method, 0.0) + time.perf_counter() - started
 
     def async_call(self, method: str, *args: Any, **kwargs: Any) -> List[_Answer]:
         return [self._run(i, method, args, kwargs) for i in range(len(self._instances))]
@@ -111,6 +106,9 @@ class LocalRewards:
 
     def peak_memory_mb(self) -> List[Dict[str, float]]:
         return [self.worker.peak_memory_mb()]
+
+    def take_compute_spans(self):
+        return self.worker.take_compute_spans()
 
     def shutdown(self) -> None:
         pass

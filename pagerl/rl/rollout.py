@@ -48,6 +48,7 @@ from pagerl.distributed.device import worker_device
 from pagerl.errors import PageRLError
 from pagerl.registry import Registry, register
 from pagerl.rl import weight_sync as ws
+from pagerl.distributed.compute_log import ComputeLog, Span
 
 
 class RolloutError(PageRLError):
@@ -135,7 +136,6 @@ class RolloutBatch:
     valid: List[bool] = field(default_factory=list)
     reasons: List[str] = field(default_factory=list)
     version: List[int] = field(default_factory=list)
-    seconds: float = 0.0
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -151,9 +151,7 @@ class RolloutBatch:
         for i, batch in enumerate(batches):
             offset = 0 if request_offsets is None else int(request_offsets[i])
             for name in out.__dataclass_fields__:
-                if name == "seconds":
-                    out.seconds = max(out.seconds, batch.seconds)
-                elif name == "request_index":
+                if name == "request_index":
                     out.request_index.extend(r + offset for r in batch.request_index)
                 else:
                     getattr(out, name).extend(getattr(batch, name))
@@ -183,6 +181,7 @@ class RolloutWorker:
         self._version: Optional[int] = 0  # the weights of policy_dir; None while a sync is incomplete
         self._transports: Dict[str, ws.Transport] = {}
         self.load_calls = 0
+        self.compute = ComputeLog()  # when generate() and probe_logprobs() ran (pagerl.distributed.compute_log)
 
     # -- state ------------------------------------------------------------------------------
     def ready(self) -> Dict[str, Any]:
@@ -197,6 +196,10 @@ class RolloutWorker:
 
         return peak_memory_mb(self.device)
 
+    def take_compute_spans(self) -> List[Span]:
+        """When generate() and probe_logprobs() ran since the last call (pagerl.distributed.compute_log)."""
+        return self.compute.take()
+
     def stats(self) -> Dict[str, Any]:
         return {"version": self.version(), "load_calls": self.load_calls}
 
@@ -209,10 +212,10 @@ class RolloutWorker:
                 f"{' (a weight sync did not complete)' if self._version is None else ''}, "
                 f"asked to generate with version {version}"
             )
-        started = time.perf_counter()
         n = int(self.cfg.samples_per_request)
         repeated = [r for r in requests for _ in range(n)]
-        pages = self.backend.generate(repeated, int(seed))
+        with self.compute.span("generate"):
+            pages = self.backend.generate(repeated, int(seed))
         prompts = [self.backend.encode_prompt(r) for r in requests]
         eos = self.backend.tokenizer.eos_token_id
         batch = RolloutBatch()
@@ -233,7 +236,6 @@ class RolloutWorker:
             batch.valid.append(bool(page.valid))
             batch.reasons.append(page.reason)
             batch.version.append(self._version)
-        batch.seconds = time.perf_counter() - started
         return batch
 
     def probe_logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
@@ -241,7 +243,8 @@ class RolloutWorker:
                        top_p: Optional[float] = None) -> List[List[float]]:
         """Per-token logprobs of the given responses under the weights held (teacher-forced decoding),
         with the sampling nucleus, or with ``top_p`` when given."""
-        return self.backend.probe_logprobs(prompt_ids, response_ids, num_candidates, page_sizes, top_p=top_p)
+        with self.compute.span("probe"):
+            return self.backend.probe_logprobs(prompt_ids, response_ids, num_candidates, page_sizes, top_p=top_p)
 
     # -- weight sync ------------------------------------------------------------------------
     def _transport(self, name: str) -> ws.Transport:

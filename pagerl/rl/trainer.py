@@ -33,7 +33,6 @@ import dataclasses
 import math
 import os
 import socket
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -41,6 +40,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from pagerl.errors import PageRLError
+from pagerl.distributed.compute_log import ComputeLog, Span
 from pagerl.rl.experience import Batch, frame_to_rows, pack, to_response_frame, trim
 
 
@@ -73,7 +73,7 @@ class PolicyTrainerRank:
         torch.set_num_threads(max(1, int(math.ceil(self.cfg.trainer.cpus_per_rank))))
         self.use_gpu = float(self.cfg.trainer.gpus_per_rank) > 0
         self.temperature = float(self.cfg.rollout.temperature)
-        self.compute_seconds: Dict[str, float] = {}
+        self.compute = ComputeLog()  # when experience(), train(), probe_logprobs() ran (distributed.compute_log)
         self.top_p = float(self.cfg.rollout.top_p)
 
     # -- the process group ------------------------------------------------------------------
@@ -198,20 +198,12 @@ class PolicyTrainerRank:
 
     def experience(self, shard: Batch) -> Batch:
         """Old-policy and reference logprobs, entropy and (with a critic) values of ``shard``. Collective."""
-        started = time.perf_counter()
-        try:
+        with self.compute.span("experience"):
             return self._experience(shard)
-        finally:
-            self._count("experience", started)
 
-    def _count(self, phase: str, started: float) -> None:
-        self.compute_seconds[phase] = self.compute_seconds.get(phase, 0.0) + time.perf_counter() - started
-
-    def take_compute_seconds(self) -> Dict[str, float]:
-        """Seconds spent inside experience() and train() since the last call (the benchmark's share of
-        step time that is model compute)."""
-        out, self.compute_seconds = self.compute_seconds, {}
-        return out
+    def take_compute_spans(self) -> List[Span]:
+        """When experience(), train() and probe_logprobs() ran since the last call (distributed.compute_log)."""
+        return self.compute.take()
 
     def peak_memory_mb(self) -> Dict[str, float]:
         from pagerl.distributed.device import peak_memory_mb
@@ -250,11 +242,8 @@ class PolicyTrainerRank:
         ``advantages``; ``returns`` and ``values`` with a critic). Collective.
         Returns this step's statistics averaged over ranks and minibatches.
         """
-        started = time.perf_counter()
-        try:
+        with self.compute.span("train"):
             return self._train(shard, step, kl_coef, lr)
-        finally:
-            self._count("train", started)
 
     def _train(self, shard: Batch, step: int, kl_coef: float, lr: float) -> Dict[str, float]:
         from pagerl.rl.algorithms import clipped_policy_loss, clipped_value_loss, entropy_bonus, kl_loss
@@ -343,9 +332,12 @@ class PolicyTrainerRank:
     def probe_logprobs(self, prompt_ids, response_ids, num_candidates, page_sizes,
                        top_p: Optional[float] = None) -> List[List[float]]:
         """The current policy's constrained per-token logprobs of given pages (with the sampling nucleus,
-        or with ``top_p`` when given). Collective under ZeRO-3."""
+        or with ``top_p`` when given). Collective under ZeRO-3; below it only rank 0 scores (its answer
+        is the one read), leaving the other ranks' cores to the rollout workers' side of the check."""
+        if self.rank != 0 and int(self.cfg.trainer.zero_stage) != 3:
+            return []
         batch = pack(prompt_ids, response_ids, num_candidates, page_sizes, self._pad_id())
-        with torch.no_grad():
+        with torch.no_grad(), self.compute.span("probe"):
             logp = torch.cat([self._score(self.policy.engine, micro, top_p=top_p).cpu()
                               for micro in self._micro_batches(batch)])
         return frame_to_rows(logp.double(), batch["mask"])
@@ -395,6 +387,12 @@ class PolicyTrainerRank:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        # DeepSpeed keeps its clone of the world group; a trainer built later in this process
+        # (pagerl.rl.local, one after another in the benchmark) must not be handed the destroyed one.
+        import deepspeed.utils.groups as ds_groups
+
+        ds_groups._WORLD_GROUP = None
+        ds_groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
 
 
 POLICY_PART, CRITIC_PART = "policy", "critic"

@@ -187,7 +187,10 @@ _ZERO3_SCRIPT = textwrap.dedent(
             "logp_err": float((logp - ref_logp).abs().max()), "ent_err": float((ent - ref_ent).abs().max()),
             "grad_err": grad_err,
         }
-    print("RESULTS " + json.dumps(out))
+    print("RESULTS " + json.dumps(out), flush=True)
+    # an undestroyed gloo group can abort the interpreter at exit ("terminate called without an
+    # active exception", SIGABRT) after every result is in
+    torch.distributed.destroy_process_group()
     """
 )
 
