@@ -70,8 +70,7 @@ def recipe_for(shape: str, mode: str, out: Path, steps: int) -> Any:
                  "tracking.report=false", *SHAPES[shape]]
     if mode == "single process":
         overrides += LOCAL
-    if mode == "ray overlap":
-        overrides.append("rl.overlap=true")
+    overrides.append(f"rl.overlap={'true' if mode == 'ray overlap' else 'false'}")  # the quickstart's is on
     recipe, _ = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
     return recipe
 
