@@ -10,8 +10,12 @@ on the same model and batch (32 requests x 4 pages, GRPO, simulator rewards):
   with no Ray, no serialisation and no placement: the reference;
 - ``ray on-policy``: the quickstart's layout, two ZeRO-2 trainer ranks, one
   rollout worker and one reward worker as Ray actors in one placement group,
-  weights through the object store;
-- ``ray overlap``: the same with ``rl.overlap`` (step t+1 sampled while step t trains).
+  weights through the object store, on-policy; the rollout worker, which
+  samples while every other role waits, runs a torch thread per core of the
+  machine (``rl.rollout.torch_threads``);
+- ``ray overlap``: the same with ``rl.overlap`` (step t+1 sampled while step t
+  trains), the rollout worker at the one thread of its reserved CPUs, as in
+  the quickstart.
 
 It prints, per shape and mode: pages/s and tokens/s over the timed steps,
 seconds per phase, the share of the timed wall time outside model compute
@@ -31,7 +35,7 @@ tokenizer's vocabulary and at grown ones (``--head-vocabs``), each in a
 fresh process.
 
 Usage:
-    python benchmarks/bench_rl.py                      # both shapes, 2 warm-up + 4 timed steps
+    python benchmarks/bench_rl.py                      # both shapes, 2 warm-up + 6 timed steps
     python benchmarks/bench_rl.py --shapes quickstart --steps 8 --head-vocabs --markdown
 """
 
@@ -71,6 +75,8 @@ def recipe_for(shape: str, mode: str, out: Path, steps: int) -> Any:
     if mode == "single process":
         overrides += LOCAL
     overrides.append(f"rl.overlap={'true' if mode == 'ray overlap' else 'false'}")  # the quickstart's is on
+    if mode == "ray on-policy":  # the rollout worker samples while every other role waits: all cores
+        overrides.append(f"rl.rollout.torch_threads={os.cpu_count() or 1}")
     recipe, _ = load_recipe(REPO / "recipes" / "quickstart.yaml", overrides)
     return recipe
 
@@ -272,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--single-threads", nargs="+", type=int, default=sorted({1, os.cpu_count() or 1}),
                         help="torch threads of the single-process loop; the fastest is the reference")
     parser.add_argument("--head-vocabs", nargs="*", type=int, default=[0, 32768, 131072],

@@ -376,6 +376,12 @@ class RolloutConfig:
     num_workers: int = 1
     cpus_per_worker: float = 0.5
     gpus_per_worker: float = 0.0
+    # Torch intra-op threads of a worker; 0: one per reserved CPU (at least
+    # one). On-policy, a worker samples while every other role waits, so on
+    # a CPU node it may use more cores than it reserves: the others are idle
+    # then (README, "Performance: the RL loop"). With rl.overlap the trainer
+    # ranks compute at the same time and the default fits.
+    torch_threads: int = 0
     # Pages sampled per request (the group of GRPO and RLOO).
     samples_per_request: int = 4
     temperature: float = 1.0

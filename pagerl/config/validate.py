@@ -298,6 +298,8 @@ def _rl(r: RecipeConfig) -> Finding:
                        ("rl.trainer.cpus_per_rank", c.trainer.cpus_per_rank)):
         if value <= 0:
             return key, f"expected a positive number of CPUs, got {value}"
+    if c.rollout.torch_threads < 0:
+        return "rl.rollout.torch_threads", f"expected 0 (one per reserved CPU) or more, got {c.rollout.torch_threads}"
     if c.trainer.zero_stage not in (1, 2, 3):
         return "rl.trainer.zero_stage", f"expected 1, 2 or 3, got {c.trainer.zero_stage}"
     pages = c.requests_per_step * c.rollout.samples_per_request

@@ -13,19 +13,22 @@ reordering the list, therefore leaves the pages of the others unchanged.
 
 from __future__ import annotations
 
+import weakref
 import zlib
+from collections import Counter
 from typing import Callable, Dict, List
 
 import numpy as np
 
 from pagerl.data.types import Request
 from pagerl.sim.simulator import Simulator
+from pagerl.sim.world import QUALITY_WORDS, stream
 
 Baseline = Callable[[Simulator, Request, np.random.Generator], List[str]]
 BASELINES: Dict[str, Baseline] = {}
 
 # Spawn-key prefix of the evaluation streams under the run seed (the
-# simulator's world uses 0-3 and the synth stage 10-11).
+# simulator's world uses 0-3, the synth stage 10-11 and chosen_cap 21).
 _EVAL_STREAM = 20
 
 
@@ -88,3 +91,78 @@ def taste_blind_oracle_page(sim: Simulator, request: Request, rng: np.random.Gen
     scored like every page by the full simulator: how much of the SFT-to-oracle gap is knowledge of the
     hidden user-item match, which no prompt-reading policy can have, and how much is the engine's."""
     return sim.without_latent_taste().oracle_page(request)
+
+
+# -- heuristics that read only what the prompt shows -------------------------------------------
+# A learned policy that loses to one of these is not yet worth its compute. They see the user's
+# history categories and each candidate's title, category and price, as the policy's prompt does
+# (pagerl.tokenization.serialize), and never the simulator's hidden quantities.
+_QUALITY_RANK = {word: rank for rank, word in enumerate(QUALITY_WORDS)}
+# Training-like requests the per-category cap is chosen on: drawn from the world under their own
+# stream, never the evaluation requests.
+CAP_TUNING_REQUESTS = 200
+_CAP_STREAM = 21
+_chosen_caps: "weakref.WeakKeyDictionary[Simulator, int]" = weakref.WeakKeyDictionary()
+
+
+def _visible_order(request: Request) -> List[int]:
+    """Candidate indices by how many of the query's words their title and category hold (a search
+    page shows first what was asked for; 0 for all without a query), then by how often their
+    category is in the user's history, then by the quality word their title opens with
+    (budget < basic < standard < premium < deluxe), then by prompt order."""
+    counts = Counter(request.user.history_categories)
+    query = set((request.query or "").split())
+
+    def key(j: int):
+        item = request.candidates[j]
+        words = item.title.split()
+        matches = len(query & (set(words) | {item.category}))
+        return (-matches, -counts[item.category], -_QUALITY_RANK.get(words[0] if words else "", -1), j)
+
+    return sorted(range(len(request.candidates)), key=key)
+
+
+def capped_page(request: Request, cap: int) -> List[str]:
+    """The first K candidates of :func:`_visible_order` with at most ``cap`` of any category; when the
+    cap leaves the page short, the best of the skipped candidates fill it, in the same order."""
+    order = _visible_order(request)
+    taken: List[int] = []
+    per_category: Counter = Counter()
+    for j in order:
+        category = request.candidates[j].category
+        if per_category[category] < cap:
+            taken.append(j)
+            per_category[category] += 1
+        if len(taken) == request.page_size:
+            break
+    rest = [j for j in order if j not in taken]
+    taken += rest[: request.page_size - len(taken)]
+    return [request.candidates[j].item_id for j in taken]
+
+
+def chosen_cap(sim: Simulator) -> int:
+    """The per-category cap (1..K) with the most expected clicks on training-like requests of ``sim``'s
+    world (:data:`CAP_TUNING_REQUESTS` of them, their own stream; ties go to the smaller cap)."""
+    if sim not in _chosen_caps:
+        rng = stream(int(sim.world.seed), _CAP_STREAM)
+        requests = [sim.sample_request(rng, f"cap{i}") for i in range(CAP_TUNING_REQUESTS)]
+        widest = max(r.page_size for r in requests)
+        value = {cap: float(np.mean([sim.score_page(r, capped_page(r, cap)).expected_clicks for r in requests]))
+                 for cap in range(1, widest + 1)}
+        _chosen_caps[sim] = max(value, key=lambda cap: (value[cap], -cap))
+    return _chosen_caps[sim]
+
+
+@register_baseline("history_category")
+def history_category_page(sim: Simulator, request: Request, rng: np.random.Generator) -> List[str]:
+    """The K candidates that match the query, then whose categories the user's history holds most
+    often, ties broken by the quality word of the title (:func:`_visible_order`): a one-line ranker
+    over what the prompt shows."""
+    return capped_page(request, request.page_size)
+
+
+@register_baseline("history_category_capped")
+def history_category_capped_page(sim: Simulator, request: Request, rng: np.random.Generator) -> List[str]:
+    """:func:`history_category_page` with at most c items of a category on the page, c chosen on
+    training-like requests (:func:`chosen_cap`): the same ranker with a diversity rule."""
+    return capped_page(request, chosen_cap(sim))

@@ -165,8 +165,9 @@ class RolloutWorker:
         import transformers
 
         cfg = recipe.rl.rollout
-        # One torch thread per reserved CPU: workers sharing a machine must not each take every core.
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        # One torch thread per reserved CPU unless rl.rollout.torch_threads says otherwise: workers
+        # sharing a machine must not each take every core.
+        torch.set_num_threads(int(cfg.torch_threads) or max(1, int(cfg.cpus_per_worker)))
         transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per worker drowns the log
         if cfg.backend not in ROLLOUT_BACKENDS:
             raise RolloutError(f"rl.rollout.backend: expected one of {', '.join(ROLLOUT_BACKENDS)}, "

@@ -112,6 +112,7 @@ def test_missing_required(tmp_path, base):
         ("run.stages=[eval,sft]", "run.stages"),
         ("model.tiny.num_heads=3", "model.tiny.num_heads"),
         ("data.on_bad_row=ignore", "data.on_bad_row"),
+        ("rl.rollout.torch_threads=-1", "rl.rollout.torch_threads"),
     ],
 )
 def test_inconsistent_combinations_name_the_key(tmp_path, base, override, key):
