@@ -94,9 +94,9 @@ def taste_blind_oracle_page(sim: Simulator, request: Request, rng: np.random.Gen
 
 
 # -- heuristics that read only what the prompt shows -------------------------------------------
-# A learned policy that loses to one of these is not yet worth its compute. They see the user's
-# history categories and each candidate's title, category and price, as the policy's prompt does
-# (pagerl.tokenization.serialize), and never the simulator's hidden quantities.
+# A learned policy that loses to one of these is not yet worth its compute. They read the query,
+# the user's history categories and each candidate's title and category, all of which the
+# policy's prompt shows (pagerl.tokenization.serialize), and never the simulator's hidden quantities.
 _QUALITY_RANK = {word: rank for rank, word in enumerate(QUALITY_WORDS)}
 # Training-like requests the per-category cap is chosen on: drawn from the world under their own
 # stream, never the evaluation requests.
