@@ -38,6 +38,7 @@ from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint
 from pagerl.models.generate import GeneratedPage, generate_pages
 from pagerl.models.logprobs import CausalLMLogprobs
 from pagerl.tokenization import build_tokenizer, encode_prompt, load_policy_tokenizer
+from tables import format_table  # benchmarks/tables.py, beside this script
 
 
 def synthetic_requests(count: int, max_candidates: int, seed: int) -> List[Request]:
@@ -145,16 +146,7 @@ def main() -> None:
                              f"{g['max']:.2e}", f"{g['mean']:.2e}", f"{g['eos_max']:.2e}", f"{g['page_mean']:.2e}"])
     elapsed = time.perf_counter() - t0
 
-    if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "|".join("---" for _ in header) + "|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-        print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-        for row in rows:
-            print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+    print(format_table(header, rows, args.markdown, text_columns=4))
     print(f"# |Δ| = |rollout logprob - trainer logprob| per response token (nats); {elapsed:.1f} s")
 
 

@@ -68,6 +68,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from tables import format_table  # benchmarks/tables.py, beside this script
+
 DEFAULT_SHAPES = "2048,896,151936;8192,896,151936;4096,512,32001"
 QUICK_SHAPES = "512,256,32001"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -438,13 +440,7 @@ def _fmt_table(rows: List[Dict[str, Any]], markdown: bool, peak_share: bool) -> 
                 pk = r.get("device_peak_tflops")
                 cells.append(f"{100 * 8 * nhv / r['tot_s'] / 1e12 / pk:.1f}%" if pk else "-")
         body.append(cells)
-    if markdown:
-        out = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
-        out += ["| " + " | ".join(c) + " |" for c in body]
-        return "\n".join(out)
-    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(heads)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i >= 5 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([fmt(heads), fmt(["-" * w for w in widths])] + [fmt(c) for c in body])
+    return format_table(heads, body, markdown, text_columns=5)
 
 
 def _parse_shapes(text: str) -> List[Tuple[int, int, int]]:

@@ -51,6 +51,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 import torch
+from tables import format_table  # benchmarks/tables.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,15 +82,22 @@ def recipe_for(shape: str, mode: str, out: Path, steps: int) -> Any:
     return recipe
 
 
-def save_policy(recipe: Any, directory: Path) -> None:
-    """A fresh policy for the shape's requests, saved as a run would save it."""
+def save_policy(recipe: Any, directory: Path, vocab: int = 0):
+    """A fresh policy for the shape's requests, saved as a run would save it; ``(model, tokenizer)``.
+
+    ``vocab`` above the tiny tokenizer's size grows the embedding and head to that many rows
+    (tokens never sampled), as a real tokenizer's vocabulary would.
+    """
     from pagerl.models.build import build_policy
     from pagerl.tokenization.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(recipe.model, world_requests(recipe))
     model = build_policy(recipe.model, tokenizer, seed=5)
+    if vocab > model.get_output_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab)
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+    return model, tokenizer
 
 
 def run_mode(shape: str, mode: str, out: Path, warmup: int, steps: int, threads: int = 0) -> Dict[str, Any]:
@@ -134,7 +142,6 @@ def run_mode(shape: str, mode: str, out: Path, warmup: int, steps: int, threads:
                    for p in ("generate", "reward", "experience", "train", "sync")},
         "outside_share": 1.0 - covered_seconds(spans, start, end) / wall,
         "sync_mb_per_s": float(np.mean([r["sync_mb_per_s"] for r in rows])),
-        "sync_mb": rows[-1]["sync_mb"],
         "memory_mb": memory,
     }
 
@@ -175,26 +182,18 @@ def head_memory(shape: str, vocab: int, path: str, micro_batch: int) -> Dict[str
     trainer that calls the model's head does. The policy's vocabulary is grown to ``vocab`` rows
     (new tokens never sampled), which is what a real tokenizer costs the second path.
     """
-    from pagerl.models.build import build_policy
     from pagerl.models.constrained import constrain_response_logits
     from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint
     from pagerl.models.logprobs import CausalLMLogprobs, policy_logits
     from pagerl.rl.experience import pack
     from pagerl.rl.rollout import RolloutWorker
-    from pagerl.tokenization.tokenizer import build_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="bench_rl_head_") as tmp:
         recipe = recipe_for(shape, "single process", Path(tmp), 1)
-        requests = world_requests(recipe)
-        tokenizer = build_tokenizer(recipe.model, requests)
-        model = build_policy(recipe.model, tokenizer, seed=5)
-        native = model.get_output_embeddings().weight.shape[0]
-        if vocab > native:
-            model.resize_token_embeddings(vocab)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        model, tokenizer = save_policy(recipe, Path(tmp), vocab)
+        native = len(tokenizer)
         samples = int(recipe.rl.rollout.samples_per_request)
-        rollout = RolloutWorker(recipe, tmp).generate(requests[: max(1, micro_batch // samples)], 3)
+        rollout = RolloutWorker(recipe, tmp).generate(world_requests(recipe)[: max(1, micro_batch // samples)], 3)
     torch.set_num_threads(1)
     b = pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
              int(tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id))
@@ -254,20 +253,6 @@ def measure_head_memory(shape: str, vocabs: List[int], micro_batch: int) -> List
     return rows
 
 
-# ------------------------------------------------------------------------------ tables
-def print_table(header: List[str], lines: List[List[str]], markdown: bool) -> None:
-    if markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + " --- |" * len(header))
-        for line in lines:
-            print("| " + " | ".join(line) + " |")
-        return
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for line in lines:
-        print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
-
-
 def main() -> None:
     import json
     import sys
@@ -319,7 +304,7 @@ def main() -> None:
                       f"{100 * r['outside_share']:.1f}%", f"{r['sync_mb_per_s']:.0f}",
                       *(f"{r['memory_mb'][k]:.0f}" for k in ("trainer", "rollout", "reward"))])
     print()
-    print_table(head, lines, args.markdown)
+    print(format_table(head, lines, args.markdown, text_columns=2))
     if args.head_vocabs:
         shape = "large" if "large" in args.shapes else args.shapes[-1]
         micro = int(recipe_for(shape, "single process", Path("."), 1).rl.trainer.micro_batch_size)
@@ -327,8 +312,8 @@ def main() -> None:
         print(f"\ntrainer micro-batch at the {shape} shape ({rows[0]['pages']} pages, {rows[0]['length']} tokens): "
               "peak memory of forward + backward of the constrained logprobs and entropy")
         head = ["vocabulary", "path", "peak MB", "seconds"]
-        print_table(head, [[str(r["vocab"] or r["native_vocab"]), r["path"], f"{r['peak_mb']:.0f}",
-                            f"{r['seconds']:.2f}"] for r in rows], args.markdown)
+        print(format_table(head, [[str(r["vocab"] or r["native_vocab"]), r["path"], f"{r['peak_mb']:.0f}",
+                                   f"{r['seconds']:.2f}"] for r in rows], args.markdown, text_columns=2))
 
 
 if __name__ == "__main__":
