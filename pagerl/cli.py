@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in _STAGE_COMMANDS.items():
         _recipe_args(sub.add_parser(name, help=text))
+    p = sub.add_parser("ablate", help="the reward ablation: every variant of ablation.variants for every seed of "
+                       "ablation.seeds from the recipe's shared stages, and its table")
+    _recipe_args(p)
     p = sub.add_parser("eval-policy", help="evaluate one saved policy directory beside eval.baselines "
                        "(written to <run dir>/eval like the eval stage)")
     _recipe_args(p)
@@ -94,11 +97,30 @@ def _main(argv: Optional[List[str]]) -> int:
         return _run_stages(args, None)
     if args.command in _STAGE_COMMANDS:
         return _run_stages(args, [args.command])
+    if args.command == "ablate":
+        return _ablate(args)
     if args.command == "eval-policy":
         return _eval_policy(args)
     if args.command == "data":
         return _data(args)
     return 2
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    """Every part of the ablation in one console session: its lines here, the rest in the recipe's run log."""
+    from pagerl import pipeline
+    from pagerl.eval.ablation import ABLATION_DIR, TABLE_FILE, run_ablation
+    from pagerl.tracking import console
+
+    run_dir = pipeline.prepare_run_dir(_load(args))
+    try:
+        with console.session(run_dir):
+            run_ablation(args.recipe, args.overrides)
+    except BaseException:
+        print(f"(full log: {run_dir / console.LOG_FILE})", file=sys.stderr)
+        raise
+    print(f"ablation:      {run_dir / ABLATION_DIR / TABLE_FILE}\nlog:           {run_dir / console.LOG_FILE}")
+    return 0
 
 
 def _eval_policy(args: argparse.Namespace) -> int:

@@ -111,7 +111,9 @@ def run(recipe: RecipeConfig, stages: Optional[List[str]] = None) -> Dict[str, A
     ctx.outputs["seconds"] = round(time.perf_counter() - started, 1)
     CONSOLE.line(f"\nrun directory: {run_dir}")
     if "report" in ctx.outputs:
-        CONSOLE.line(f"report:        {ctx.outputs['report']}")
+        from pagerl.tracking.report import HTML_REPORT_FILE
+
+        CONSOLE.line(f"report:        {ctx.outputs['report']} (and {HTML_REPORT_FILE}, one self-contained page)")
     return ctx.outputs
 
 

@@ -220,7 +220,8 @@ register_stage(Stage(
 def _rl_run(ctx: RunContext) -> Dict[str, Any]:
     from pagerl.rl.stage import run_rl_stage
 
-    return run_rl_stage(ctx.recipe, ctx.run_dir, ctx.train_data().impressions, ctx.policy_dir)
+    return run_rl_stage(ctx.recipe, ctx.run_dir, ctx.train_data().impressions,
+                        ctx.recipe.rl.init_policy_dir or ctx.policy_dir)
 
 
 def _rl_headline(ctx: RunContext) -> str:
@@ -235,7 +236,8 @@ def _rl_headline(ctx: RunContext) -> str:
 
 register_stage(Stage(
     name="rl", summary="RL of the policy on mixed-grained token rewards (rollout, reward and ZeRO trainer actors)",
-    reads=("the policy of the stage before", "training requests", "the reward source (rewards.*)"),
+    reads=("rl.init_policy_dir, or the policy of the stage before", "training requests",
+           "the reward source (rewards.*)"),
     writes="rl", policy="rl/final", uses_ray=True, run=_rl_run,
     complete=lambda ctx: (ctx.run_dir / "rl" / "final" / "model.safetensors").is_file()
     and (ctx.run_dir / "rl" / "summary.json").is_file(),

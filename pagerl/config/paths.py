@@ -51,6 +51,7 @@ PATH_KEYS = (
     PathKey("rewards.model_dir", must_exist="dir",
             when=lambda r: "rm" not in r.run.stages),
     PathKey("rewards.python_path", many=True, must_exist="dir"),
+    PathKey("rl.init_policy_dir", must_exist="dir"),
 )
 
 

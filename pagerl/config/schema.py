@@ -525,6 +525,14 @@ class RLConfig:
     # Interrupt the stage (as a crash would) after this many steps of one
     # attempt; used to test resume. 0 never interrupts.
     stop_after_steps: int = 0
+    # Moves the seed of every RL random stream (prompt order, sampling,
+    # initialisation) away from run.seed, which also fixes the world, SFT and
+    # RM (pagerl.rl.rl_seed): the seeds of an ablation.
+    seed: int = 0
+    # The policy RL starts from (a saved policy directory); empty: the policy
+    # of the stage before rl in run.stages. The reference policy of the KL
+    # term is this one too.
+    init_policy_dir: str = ""
 
 
 @dataclass
@@ -542,6 +550,42 @@ class EvalConfig:
     baselines: List[str] = field(
         default_factory=lambda: ["random", "popularity", "logging", "oracle"]
     )
+    # Percentile bootstrap over requests (pagerl.eval.stats): resamples drawn
+    # from run.seed, shared by every method; 0 turns the intervals off.
+    bootstrap_resamples: int = 2000
+    # Coverage of every interval the evaluation and the ablation report.
+    ci_level: float = 0.95
+
+
+@dataclass
+class AblationVariant:
+    """One variant of an ablation: a name (its run directory) and the overrides that make it."""
+
+    name: str = MISSING
+    # rewards.* and rl.* overrides, as on the command line ("rewards.w_page=0").
+    overrides: List[str] = field(default_factory=list)
+
+
+def _ablation_variants() -> List[AblationVariant]:
+    # The paper's three: both rewards, the page-level one dropped, the item-level one dropped.
+    return [AblationVariant("mixed", []), AblationVariant("item_only", ["rewards.w_page=0"]),
+            AblationVariant("page_only", ["rewards.w_item=0"])]
+
+
+@dataclass
+class AblationConfig:
+    """``pagerl ablate``: reward variants trained with one budget over several RL seeds (pagerl.eval.ablation)."""
+
+    # Values of rl.seed each variant is trained with; the data, SFT policy and
+    # reward model are the recipe's, shared by every variant and seed.
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    # The variants (a list, so a recipe's list replaces this one whole). A
+    # variant may set rewards.* and rl.* keys other than the budget:
+    # rl.steps, rl.requests_per_step and rl.rollout.samples_per_request are
+    # the recipe's for every variant.
+    variants: List[AblationVariant] = field(default_factory=_ablation_variants)
+    # The variant the others are measured against: the joint reward.
+    reference: str = "mixed"
 
 
 @dataclass
@@ -572,6 +616,7 @@ class RecipeConfig:
     rewards: RewardConfig = field(default_factory=RewardConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Path (relative to the recipe file) of the recipe this one extends.
     base: Optional[str] = None

@@ -145,6 +145,10 @@ def _eval(r: RecipeConfig) -> Finding:
         return "eval.ndcg_k", f"expected 0 (page size) up to sim.page_size ({r.sim.page_size}), got {e.ndcg_k}"
     if e.decoding == "sample" and e.temperature <= 0:
         return "eval.temperature", f"sampling needs a positive temperature, got {e.temperature}"
+    if e.bootstrap_resamples < 0:
+        return "eval.bootstrap_resamples", f"expected 0 (no intervals) or more resamples, got {e.bootstrap_resamples}"
+    if not 0.0 < e.ci_level < 1.0:
+        return "eval.ci_level", f"expected a coverage strictly between 0 and 1 (e.g. 0.95), got {e.ci_level}"
     return _one_of("eval.decoding", e.decoding, ("greedy", "sample"))
 
 
@@ -300,6 +304,8 @@ def _rl(r: RecipeConfig) -> Finding:
             return key, f"expected a positive number of CPUs, got {value}"
     if c.rollout.torch_threads < 0:
         return "rl.rollout.torch_threads", f"expected 0 (one per reserved CPU) or more, got {c.rollout.torch_threads}"
+    if c.seed < 0:
+        return "rl.seed", f"expected 0 (run.seed itself) or more, got {c.seed}"
     if c.trainer.zero_stage not in (1, 2, 3):
         return "rl.trainer.zero_stage", f"expected 1, 2 or 3, got {c.trainer.zero_stage}"
     pages = c.requests_per_step * c.rollout.samples_per_request
@@ -352,4 +358,36 @@ def _rl(r: RecipeConfig) -> Finding:
             text = str(exc)
             key = text.split(":", 1)[0] if text.startswith("rl.") else "rl.algorithm"
             return key, text
+    return None
+
+
+# Keys a variant of an ablation may not set: the budget every variant shares, and the seed,
+# which the ablation sets (ablation.seeds).
+ABLATION_FIXED = ("rl.steps", "rl.requests_per_step", "rl.rollout.samples_per_request", "rl.seed")
+
+
+@rule
+def _ablation(r: RecipeConfig) -> Finding:
+    a = r.ablation
+    if not a.seeds:
+        return "ablation.seeds", "expected at least one value of rl.seed"
+    if len(set(a.seeds)) != len(a.seeds) or min(a.seeds) < 0:
+        return "ablation.seeds", f"expected distinct values of rl.seed, 0 or more, got {list(a.seeds)}"
+    names = [v.name for v in a.variants]
+    if len(set(names)) != len(names):
+        return "ablation.variants", f"a variant name is listed twice: {names}"
+    if a.reference not in names:
+        return "ablation.reference", f"expected one of the variants ({', '.join(names)}), got {a.reference!r}"
+    for name, overrides in ((v.name, v.overrides) for v in a.variants):
+        if not name.replace("_", "").isalnum():
+            return "ablation.variants", f"variant name {name!r}: expected letters, digits and '_' (it names a directory)"
+        for override in overrides:
+            key, sep, _ = str(override).partition("=")
+            key = key.strip()
+            if not sep or not key.startswith(("rewards.", "rl.")):
+                return "ablation.variants", (f"variant {name!r}: expected 'rewards.<key>=value' or 'rl.<key>=value' "
+                                             f"overrides (the data, SFT and reward model are shared), got {override!r}")
+            if key in ABLATION_FIXED:
+                return "ablation.variants", (f"variant {name!r} sets {key}: every variant trains with the recipe's "
+                                             "budget and the seeds of ablation.seeds")
     return None

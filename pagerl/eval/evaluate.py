@@ -5,8 +5,10 @@ Every method (the learned policy and the reference policies of
 page is scored by :meth:`pagerl.sim.simulator.Simulator.score_page`, which
 computes expectations under the simulator's ground truth (no sampling noise
 in the metric itself). A method's number is the mean over requests, with its
-standard error over requests (sample standard deviation / sqrt(n)), so two
-methods can be compared with the spread the request sample implies.
+standard error over requests (sample standard deviation / sqrt(n)) and a
+percentile bootstrap interval over requests (``eval.bootstrap_resamples`` at
+``eval.ci_level``, :mod:`pagerl.eval.stats`), so two methods can be compared
+with the spread the request sample implies.
 
 Invalid pages (our convention, stated in the report):
 
@@ -44,7 +46,7 @@ from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.eval.baselines import BASELINES, baseline_rng
 from pagerl.eval.reward_view import reward_model_dir, reward_model_view
-from pagerl.eval.stats import mean_se
+from pagerl.eval.stats import Bootstrap, mean_se
 from pagerl.sim.simulator import PageScore, Simulator
 from pagerl.sim.world import World
 from pagerl.tracking.metrics import MetricsLogger
@@ -83,9 +85,10 @@ def score_method(
     return scores
 
 
-def aggregate(scores: Sequence[PageScore]) -> Dict[str, Any]:
-    """Per metric of :data:`METRICS`: ``<metric>`` (mean) and ``<metric>_se``,
-    plus ``count`` (requests) and ``valid_count`` (valid pages).
+def aggregate(scores: Sequence[PageScore], bootstrap: Optional[Bootstrap] = None) -> Dict[str, Any]:
+    """Per metric of :data:`METRICS`: ``<metric>`` (mean), ``<metric>_se`` and,
+    with ``bootstrap``, ``<metric>_ci`` (``[lo, hi]`` over requests), plus
+    ``count`` (requests) and ``valid_count`` (valid pages).
 
     Undefined values are None (JSON null), never NaN: ``results.json`` must
     stay valid JSON for any reader.
@@ -100,6 +103,8 @@ def aggregate(scores: Sequence[PageScore]) -> Dict[str, Any]:
         else:
             values = [getattr(s, name) for s in scores]
         out[name], out[f"{name}_se"] = mean_se(values)
+        if bootstrap is not None:
+            out[f"{name}_ci"] = bootstrap.ci(values)
     return out
 
 
@@ -107,9 +112,11 @@ def aggregate(scores: Sequence[PageScore]) -> Dict[str, Any]:
 PAIRED_METRICS = ("expected_clicks", "ndcg", "expected_gmv")
 
 
-def paired_differences(learned: Sequence[PageScore], baseline: Sequence[PageScore]) -> Dict[str, Any]:
+def paired_differences(learned: Sequence[PageScore], baseline: Sequence[PageScore],
+                       bootstrap: Optional[Bootstrap] = None) -> Dict[str, Any]:
     """Per metric of :data:`PAIRED_METRICS`: mean and standard error of ``learned - baseline``
-    over the same requests, and the share of requests where the learned page scores higher.
+    over the same requests (with ``bootstrap``, its interval ``<metric>_diff_ci``), and the
+    share of requests where the learned page scores higher.
 
     Both methods face the same requests, so the per-request difference has a
     much smaller spread than either method alone: its standard error, not the
@@ -121,6 +128,8 @@ def paired_differences(learned: Sequence[PageScore], baseline: Sequence[PageScor
     for name in PAIRED_METRICS:
         diff = [getattr(a, name) - getattr(b, name) for a, b in zip(learned, baseline)]
         out[f"{name}_diff"], out[f"{name}_diff_se"] = mean_se(diff)
+        if bootstrap is not None:
+            out[f"{name}_diff_ci"] = bootstrap.ci(diff)
         out[f"{name}_win_rate"] = float(np.mean([d > 0 for d in diff])) if diff else None
     return out
 
@@ -324,7 +333,8 @@ def run_eval_stage(
             dataclasses.replace(s, reason=g["reason"]) if page is None else s
             for s, g, page in zip(scores[name], produced[name].generation, produced[name].pages)
         ]
-    table = {name: aggregate(scores[name]) for name in order}
+    boot = Bootstrap(recipe.eval.bootstrap_resamples, recipe.eval.ci_level, recipe.run.seed)
+    table = {name: aggregate(scores[name], boot) for name in order}
 
     page_sizes = {r.page_size for r in requests}
     invalid = {name: dict(Counter(s.reason for s in scores[name] if not s.valid)) for name in order}
@@ -337,10 +347,11 @@ def run_eval_stage(
         "temperature": float(recipe.eval.temperature),
         "constrained": bool(recipe.eval.constrained),
         "seed": int(recipe.run.seed),
+        "bootstrap": {"resamples": boot.resamples, "level": boot.level},
         "invalid_reasons": {name: counts for name, counts in invalid.items() if counts},
         # each learned policy minus each baseline and each earlier policy, request by request
         # (pagerl.eval.evaluate.paired_differences)
-        "paired": {name: {other: paired_differences(scores[name], scores[other])
+        "paired": {name: {other: paired_differences(scores[name], scores[other], boot)
                           for other in learned[:i] + baselines}
                    for i, name in enumerate(learned)},
         "notes": [note for name in order for note in produced[name].notes],

@@ -39,6 +39,7 @@ import torch
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.rl import checkpoint as ckpt
+from pagerl.rl import rl_seed
 from pagerl.rl import experience as xp
 from pagerl.rl.algorithms import (
     AdvantageInputs,
@@ -135,7 +136,7 @@ class RLController:
         if len(self.requests) < cfg.requests_per_step:
             raise RLError(f"rl.requests_per_step={cfg.requests_per_step} but the training data has only "
                           f"{len(self.requests)} requests")
-        self.cursor = PromptCursor(len(self.requests), int(cfg.requests_per_step), int(recipe.run.seed))
+        self.cursor = PromptCursor(len(self.requests), int(cfg.requests_per_step), rl_seed(recipe))
         self.kl = make_kl_controller(cfg.kl)
         self.baseline = SlotBaseline(cfg.baseline_scope)
         from pagerl.rewards.token_rewards import RewardNormalizer
@@ -263,14 +264,14 @@ class RLController:
     def _launch(self, step: int) -> None:
         """Ask the rollout workers for step ``step``'s pages (the next requests), by the weights they hold.
 
-        The seed of worker w is a function of (run seed, step, w) only, so a
+        The seed of worker w is a function of (RL seed, step, w) only, so a
         step's pages do not depend on when they were asked for.
         """
         indices = self.cursor.next()
         requests = [self.requests[i] for i in indices]
         workers = len(self.rollouts)
         chunks = np.array_split(np.arange(len(requests)), workers)
-        seeds = [int(self.recipe.run.seed) * 1_000_003 + step * 101 + i for i in range(workers)]
+        seeds = [rl_seed(self.recipe) * 1_000_003 + step * 101 + i for i in range(workers)]
         args = [([requests[int(i)] for i in chunk], seeds[w]) for w, chunk in enumerate(chunks)]
         offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
         refs = self.rollouts.async_call_each("generate", [(*a, self.version) for a in args])
@@ -427,7 +428,7 @@ class RLController:
     def _probe_batch(self) -> RolloutBatch:
         """A fixed batch of pages (sampled once by the initial policy) scored after every sync."""
         n = min(int(self.cfg.sync.probe_requests), len(self.requests))
-        return self.rollouts.call_one(0, "generate", self.requests[:n], int(self.recipe.run.seed) + 424242, 0)
+        return self.rollouts.call_one(0, "generate", self.requests[:n], rl_seed(self.recipe) + 424242, 0)
 
     def verify(self, step: int) -> float:
         """Max per-token |rollout - trainer| logprob of the probe batch; above the bound the run stops."""

@@ -46,7 +46,8 @@ def run_rl_stage(recipe: Any, run_dir: Path, impressions: Sequence[Impression], 
     from pagerl.rl.groups import RoleDiedError
 
     if policy_dir is None:
-        raise PageRLError("the rl stage needs a policy to start from: put 'sft' before 'rl' in run.stages")
+        raise PageRLError("the rl stage needs a policy to start from: put 'sft' before 'rl' in run.stages "
+                           "or set rl.init_policy_dir")
     cfg = recipe.rl
     stage_dir = Path(run_dir) / STAGE
     stage_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from pagerl.errors import PageRLError
+from pagerl.rl import rl_seed
 from pagerl.distributed.compute_log import ComputeLog, Span
 from pagerl.rl.experience import Batch, frame_to_rows, pack, to_response_frame, trim
 
@@ -69,7 +70,7 @@ class PolicyTrainerRank:
         self.needs_critic = bool(needs_critic)
         # An RL checkpoint (pagerl.rl.checkpoint) to restore the policy, critic and RNG from.
         self.resume_dir = None if resume_dir is None else Path(resume_dir)
-        torch.manual_seed(recipe.run.seed)
+        torch.manual_seed(rl_seed(recipe))
         torch.set_num_threads(max(1, int(math.ceil(self.cfg.trainer.cpus_per_rank))))
         self.use_gpu = float(self.cfg.trainer.gpus_per_rank) > 0
         self.temperature = float(self.cfg.rollout.temperature)
@@ -254,7 +255,7 @@ class PolicyTrainerRank:
             self.critic.set_lr(cfg.critic_lr * lr / cfg.lr)
         size = next(iter(shard.values())).shape[0]
         per_minibatch = size // int(cfg.minibatches_per_epoch)
-        generator = torch.Generator().manual_seed(int(self.recipe.run.seed) * 1_000_003 + int(step))
+        generator = torch.Generator().manual_seed(rl_seed(self.recipe) * 1_000_003 + int(step))
         sums: Dict[str, float] = {}
         count = 0
         for _ in range(int(cfg.epochs_per_step)):

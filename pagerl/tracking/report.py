@@ -1,4 +1,5 @@
-"""The run report: one Markdown file with PNG plots, written from a run directory.
+"""The run report: one Markdown file with PNG plots, and the same sections as one self-contained
+HTML page (:mod:`pagerl.tracking.html_report`), written from a run directory.
 
 Why from files and not from objects in memory: the report must be
 re-creatable after the fact (``write_report(run_dir)`` on a finished or a
@@ -32,9 +33,11 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pagerl.tracking.html_report import render_html
 from pagerl.tracking.metrics import METRICS_FILE, metric_series, read_metrics
 
 REPORT_FILE = "report.md"
+HTML_REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 
 # Columns of the evaluation table, in this order; other metrics follow.
@@ -67,30 +70,40 @@ EVAL_EXPLANATIONS = {
 
 
 def write_report(run_dir: str | os.PathLike) -> Path:
-    """Write ``<run_dir>/report.md`` (and ``<run_dir>/plots/*.png``); return its path."""
+    """Write ``<run_dir>/report.md``, ``<run_dir>/report.html`` (the same sections as one
+    self-contained page) and ``<run_dir>/plots/*.png``; return the Markdown's path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist; nothing to report")
     plots = run_dir / PLOTS_DIR
     recipe = _read_yaml(run_dir / "recipe.yaml")
     name = _dig(recipe, "run", "name") if recipe else None
-    sections = [
-        f"# Run report: {name or run_dir.name}",
-        f"Run directory `{run_dir}`, report written "
+    title = f"Run report: {name or run_dir.name}"
+    sections = {
+        "title": f"# {title}",
+        "written": f"Run directory `{run_dir}`, report written "
         f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M:%S %Z')}.",
-        _recipe_section(recipe),
-        _data_section(_read_json(run_dir / "data" / "stats.json")),
-        _sft_section(run_dir, plots),
-        _curve_section(run_dir, plots, "rm", "Reward-model learning curve"),
-        _rm_quality_section(_read_json(run_dir / "rm" / "quality.json")),
-        _rl_section(run_dir, plots),
-        _eval_section(_read_json(run_dir / "eval" / "results.json"), plots),
-    ]
-    path = run_dir / REPORT_FILE
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n\n".join(sections).rstrip() + "\n", encoding="utf-8")
+        "recipe": _recipe_section(recipe),
+        "data": _data_section(_read_json(run_dir / "data" / "stats.json")),
+        "sft": _sft_section(run_dir, plots),
+        "rm": _curve_section(run_dir, plots, "rm", "Reward-model learning curve"),
+        "rm_quality": _rm_quality_section(_read_json(run_dir / "rm" / "quality.json")),
+        "rl": _rl_section(run_dir, plots),
+        "eval": _eval_section(_read_json(run_dir / "eval" / "results.json"), plots),
+        "ablation": _ablation_section(run_dir),
+    }
+    # The page opens on the evaluation and folds the long recipe away; the Markdown keeps run order.
+    page = render_html(title, sections, run_dir, lead=("title", "written", "eval"), folded=("recipe",))
+    _replace(run_dir / REPORT_FILE, "\n\n".join(s for s in sections.values() if s).rstrip() + "\n")
+    _replace(run_dir / HTML_REPORT_FILE, page)
+    return run_dir / REPORT_FILE
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write through a temporary file, so a reader never sees half a report."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
-    return path
 
 
 # ---------------------------------------------------------------- inputs
@@ -301,7 +314,7 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
     for name, row in methods.items():
         cells = [f"`{name}`"]
         for m in metric_names:
-            cells.append(_mean_se(row.get(m), row.get(f"{m}_se")))
+            cells.append(_mean_se(row.get(m), row.get(f"{m}_se"), row.get(f"{m}_ci")))
         cells.append(_fmt(row.get("count", "")))
         rows.append(cells)
     context = ", ".join(
@@ -318,8 +331,9 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
         f"- Every method's page for every request was scored by "
         f"`pagerl.sim.Simulator.score_page(request, page, k={k if k else 'K'})`; "
         "`pagerl.eval.evaluate.evaluate` averages each score over the requests "
-        "(`n` = number of requests) and gives `mean ± standard error` "
-        "(sample standard deviation / sqrt(n)).",
+        "(`n` = number of requests) and gives `mean ± standard error [interval]`: the standard error is "
+        "the sample standard deviation / sqrt(n), the interval a percentile bootstrap over requests "
+        f"(`pagerl.eval.stats.Bootstrap`{_bootstrap_text(results)}).",
         "- An invalid page (rejected by the simulator, or none at all, e.g. unparseable "
         "unconstrained output) counts against `valid_rate` and scores 0 on ndcg, expected "
         "clicks and GMV; diversity and redundancy are averaged over the valid pages only.",
@@ -341,6 +355,23 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
     return "\n".join(lines)
 
 
+def _bootstrap_text(results: Mapping[str, Any]) -> str:
+    boot = results.get("bootstrap")
+    if not isinstance(boot, dict) or not boot.get("resamples"):
+        return "; off in this run"
+    return f"; {boot['resamples']} resamples, {100 * float(boot.get('level', 0.95)):.0f}% coverage"
+
+
+def _ablation_section(run_dir: Path) -> str:
+    """The reward ablation's table when ``pagerl ablate`` ran on this run directory (else nothing)."""
+    from pagerl.eval.ablation import ABLATION_DIR, RESULTS_FILE, format_markdown
+
+    table = _read_json(run_dir / ABLATION_DIR / RESULTS_FILE)
+    if table is None:
+        return ""
+    return "\n".join(["## Reward ablation", "", *format_markdown(table)])
+
+
 def _paired_lines(results: Dict[str, Any]) -> List[str]:
     """Each learned policy minus each other method on the same requests (``results["paired"]``)."""
     paired = results.get("paired")
@@ -352,14 +383,16 @@ def _paired_lines(results: Dict[str, Any]) -> List[str]:
         if not isinstance(against, dict) or not against:
             continue
         lines += ["", f"Paired comparison: `{learned}` minus each other method, request by request "
-                  "(`pagerl.eval.evaluate.paired_differences`; mean ± standard error of the difference, and "
+                  "(`pagerl.eval.evaluate.paired_differences`; mean ± standard error [bootstrap interval] of the "
+                  "difference, and "
                   f"the share of requests where `{learned}`'s page scores higher):", ""]
         rows = []
         for name, diff in against.items():
             if not isinstance(diff, dict):
                 continue
             rows.append([f"`{name}`"] + [
-                f"{_mean_se(diff.get(f'{m}_diff'), diff.get(f'{m}_diff_se'))} (wins {_fmt(diff.get(f'{m}_win_rate'))})"
+                f"{_mean_se(diff.get(f'{m}_diff'), diff.get(f'{m}_diff_se'), diff.get(f'{m}_diff_ci'))} "
+                f"(wins {_fmt(diff.get(f'{m}_win_rate'))})"
                 for m in ("expected_clicks", "ndcg")])
         lines += _table(["against", "expected_clicks", f"ndcg@{k}" if k else "ndcg"], rows)
     return lines
@@ -388,7 +421,7 @@ def _reward_view_lines(results: Dict[str, Any]) -> List[str]:
 
 def _is_metric(key: str) -> bool:
     """Columns of the table: means, not their standard errors or bookkeeping."""
-    return not key.endswith("_se") and key not in {"count", "valid_count"}
+    return not key.endswith(("_se", "_ci")) and key not in {"count", "valid_count"}
 
 
 # ---------------------------------------------------------------- plots
@@ -445,14 +478,17 @@ def _number(value: Any) -> Optional[float]:
     return float(value) if math.isfinite(value) else None
 
 
-def _mean_se(mean: Any, se: Any) -> str:
-    """``0.512 ± 0.010``: fixed decimals so a column of means lines up."""
+def _mean_se(mean: Any, se: Any, ci: Any = None) -> str:
+    """``0.512 ± 0.010 [0.492, 0.531]``: mean ± standard error [bootstrap interval], fixed decimals
+    so a column of means lines up."""
     value = _number(mean)
     if value is None:
         return "" if mean is None else _fmt(mean)
     text = f"{value:.3f}"
     if _number(se) is not None:
         text += f" ± {_number(se):.3f}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_number(c) is not None for c in ci):
+        text += f" [{_number(ci[0]):.3f}, {_number(ci[1]):.3f}]"
     return text
 
 

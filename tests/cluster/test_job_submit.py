@@ -1,4 +1,4 @@
-"""The main entry point under `ray job submit`, against a head started with `ray start --head` on loopback.
+"""The command line under `ray job submit`, against a head started with `ray start --head` on loopback.
 
 Token authentication stays on (Ray's default): the head and the client share a
 token through RAY_AUTH_TOKEN, and the client sends it (RAY_AUTH_MODE=token).
@@ -11,9 +11,14 @@ import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
+import torch
+from safetensors.torch import load_file
+
+from pagerl.config.load import load_recipe
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -44,7 +49,10 @@ def head(tmp_path):
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_job_submit_runs_the_pipeline(head, tmp_path, fresh_repo):
+def test_job_submit_runs_an_ablation_of_the_pipeline(head, tmp_path, fresh_repo):
+    """`pagerl ablate` as a cluster job: the shared stages (synth, SFT, RM) and the eval of the
+    baselines once, then RL and eval of each reward variant, and the table; run again locally
+    over the same run directory, every part is complete and nothing trains again."""
     env, address = head
     # On a cluster the run directory is shared storage, named by an absolute path; the
     # recipe is the repository's, relative to the uploaded working directory.
@@ -56,9 +64,10 @@ def test_job_submit_runs_the_pipeline(head, tmp_path, fresh_repo):
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "auth" in (refused.stdout + refused.stderr).lower()
 
-    command = ["ray", "job", "submit", "--address", address, "--working-dir", ".",
-               "--", "pagerl", "run", "recipes/ci_small.yaml", f"run.output_dir={out}", "sft.max_steps=2",
-               "sft.checkpoint_every=2", "eval.num_requests=10", "sim.num_train_requests=200"]
+    args = ["recipes/ci_small.yaml", f"run.output_dir={out}", "sft.max_steps=2", "sft.checkpoint_every=2",
+            "eval.num_requests=10", "sim.num_train_requests=200", "ablation.seeds=[0]", "rl.checkpoint_every=0",
+            "eval.baselines=[random,logging]"]
+    command = ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--", "pagerl", "ablate", *args]
     # The head answers before its job agent is up ("No available agent to submit job"):
     # wait for the agent, up to four minutes (a loaded 2-core machine is slow to start it).
     deadline = time.monotonic() + 240
@@ -69,9 +78,32 @@ def test_job_submit_runs_the_pipeline(head, tmp_path, fresh_repo):
             break
         time.sleep(3)
     assert submit.returncode == 0, log[-4000:]
-    assert "succeeded" in log.lower()
-    run_dir = out / "ci_small"
-    results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert {"sft", "rl"} <= set(results["methods"])
-    assert (run_dir / "sft" / "final" / "model.safetensors").is_file()
-    assert "report:" in log
+    assert "succeeded" in log.lower() and "ablation:" in log
+    base = out / "ci_small"
+    assert (base / "sft" / "final" / "model.safetensors").is_file()
+    assert {"sft", "random", "logging"} == set(json.loads((base / "eval" / "results.json").read_text())["methods"])
+    table = json.loads((base / "ablation" / "ablation.json").read_text())
+    assert set(table["variants"]) == {"mixed", "item_only", "page_only"} and table["num_requests"] == 10
+    assert "## Reward ablation" in (base / "report.md").read_text()
+    weights = {}
+    for variant, w_page, w_item in (("mixed", 1.0, 1.0), ("item_only", 0.0, 1.0), ("page_only", 1.0, 0.0)):
+        run = base / "ablation" / f"{variant}-seed0"
+        assert table["runs"][variant]["0"] == str(run)
+        saved = load_recipe(run / "recipe.yaml")[0]
+        assert (saved.rewards.w_page, saved.rewards.w_item) == (w_page, w_item)
+        summary = json.loads((run / "rl" / "summary.json").read_text())
+        assert summary["steps"] == saved.rl.steps and summary["policy_dir"] == str(base / "sft" / "final")
+        assert set(json.loads((run / "eval" / "results.json").read_text())["methods"]) == {"rl"}
+        assert not (run / "sft").exists()  # the shared stages ran once, in the recipe's run directory
+        weights[variant] = load_file(run / "rl" / "final" / "model.safetensors")
+    # the variants trained on different rewards from the same start: their policies differ
+    for a, b in (("mixed", "item_only"), ("mixed", "page_only"), ("item_only", "page_only")):
+        assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
+
+    # the same command again, on this machine: every part is complete, nothing is trained again
+    local = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+    again = subprocess.run([sys.executable, "-m", "pagerl", "ablate", *args], env=local, capture_output=True,
+                           text=True, timeout=600, cwd=fresh_repo)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("already complete") == 4 + 3 * 2  # synth, sft, rm, eval; then rl, eval per variant
+    assert json.loads((base / "ablation" / "ablation.json").read_text())["variants"] == table["variants"]

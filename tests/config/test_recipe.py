@@ -113,6 +113,9 @@ def test_missing_required(tmp_path, base):
         ("model.tiny.num_heads=3", "model.tiny.num_heads"),
         ("data.on_bad_row=ignore", "data.on_bad_row"),
         ("rl.rollout.torch_threads=-1", "rl.rollout.torch_threads"),
+        ("eval.ci_level=1.0", "eval.ci_level"),
+        ("rl.seed=-1", "rl.seed"),
+        ("eval.bootstrap_resamples=-5", "eval.bootstrap_resamples"),
     ],
 )
 def test_inconsistent_combinations_name_the_key(tmp_path, base, override, key):

@@ -201,9 +201,19 @@ def test_stage_scores_the_policy_and_baselines_and_writes_its_files(tmp_path, da
     assert paired["expected_clicks_win_rate"] == pytest.approx(np.mean([d > 0 for d in diff]))
     assert results["paired"]["sft"]["oracle"]["expected_clicks_diff"] <= 1e-12
 
+    # every mean has a bootstrap interval around it, every paired difference too
+    assert results["bootstrap"] == {"resamples": EvalConfig().bootstrap_resamples, "level": EvalConfig().ci_level}
+    for row in methods.values():
+        lo, hi = row["expected_clicks_ci"]
+        assert lo <= row["expected_clicks"] <= hi
+    lo, hi = paired["expected_clicks_diff_ci"]
+    assert lo <= paired["expected_clicks_diff"] <= hi
+
     report = write_report(run).read_text()
     assert "| `sft`" in report and (run / "plots" / "eval_bars.png").is_file()
     assert "Paired comparison: `sft` minus each other method" in report
+    lo, hi = methods["sft"]["expected_clicks_ci"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in report and "2000 resamples, 95% coverage" in report
 
 
 def test_paired_differences_by_hand(sim, requests):

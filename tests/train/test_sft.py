@@ -2,11 +2,13 @@
 
 Resume is checked as N steps straight equal
 N/2 steps, a stop, a resume, and N/2 more (same weights to float tolerance).
-Both objectives run: the full-vocabulary NLL, whose fall within these few
-steps (mostly learning the page vocabulary) shows training happens, and the
-constrained NLL (``sft.constrained_loss``, the default), which on a fresh
-policy starts at the uniform-over-allowed-tokens level and does not fall
-measurably in 8 steps, so there the loss is checked to be that objective.
+Both objectives run: the full-vocabulary NLL under ZeRO-2, whose fall within
+these few steps (mostly learning the page vocabulary) shows training happens,
+and the constrained NLL (``sft.constrained_loss``, the default) under ZeRO-3,
+which on a fresh policy starts at the uniform-over-allowed-tokens level and
+does not fall measurably in 8 steps, so there the loss is checked to be that
+objective. ZeRO-3's partitioned parameters are what make its resume the harder
+one; the objective does not change how a checkpoint is written or read.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def final_weights(run_dir: Path):
     return load_file(str(run_dir / "sft" / "final" / "model.safetensors"))
 
 
-@pytest.mark.parametrize("stage, constrained", [(2, False), (3, False), (3, True)])
+@pytest.mark.parametrize("stage, constrained", [(2, False), (3, True)])
 def test_sft_loss_falls_and_resume_is_exact(tmp_path, local_ray, stage, constrained):
     objective = f"sft.constrained_loss={str(constrained).lower()}"
     straight = run(recipe_for(tmp_path, "straight", stage, objective))

@@ -1,0 +1,316 @@
+"""``pagerl ablate RECIPE``: the reward ablation in the paper's form, one budget, several seeds.
+
+What runs, each part a run directory of its own (so the same command run again
+after an interruption skips what is complete and resumes what is not):
+
+1. the recipe's stages before ``rl`` (``synth``, ``sft``, ``rm`` as listed) in its
+   run directory, then its ``eval`` stage: the starting policy and
+   ``eval.baselines`` on the held-out requests;
+2. for each variant of ``ablation.variants`` and each value of ``ablation.seeds``,
+   the RL stage from that policy with that reward model and the recipe's
+   budget, then an eval of the RL policy alone, in
+   ``<run_dir>/ablation/<variant>-seed<seed>/``.
+
+Only ``rl.seed`` differs between the seeds: ``run.seed`` also fixes the world,
+the data, SFT and the reward models, which all variants share, so every
+difference in the table is the reward's (and RL's own randomness, which the
+seeds average over).
+
+The table (:func:`ablation_table`) is computed request by request on the same
+held-out requests: a variant's score of a request is the mean over its seeds;
+each comparison is the mean of the per-request difference, with a percentile
+bootstrap interval over requests (:class:`pagerl.eval.stats.Bootstrap`, the
+same resamples for every comparison). A relative change is
+``mean(variant - other) / mean(other)``, its interval the same ratio on each
+resample. Outputs: ``<run_dir>/ablation/ablation.json`` and ``ablation.md``;
+the run's report shows the table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pagerl.errors import PageRLError
+from pagerl.eval.stats import Bootstrap
+
+ABLATION_DIR = "ablation"
+RESULTS_FILE = "ablation.json"
+TABLE_FILE = "ablation.md"
+# What the table compares (the paper's: NDCG@K and expected clicks).
+TABLE_METRICS = ("expected_clicks", "ndcg")
+
+
+class AblationError(PageRLError, ValueError):
+    """The ablation cannot run as configured."""
+
+
+# ----------------------------------------------------------------- running
+
+
+def shared_stages(recipe: Any) -> Tuple[List[str], str]:
+    """The stages every variant shares (those before ``rl``), and the one whose policy RL starts from."""
+    from pagerl.stages import STAGES
+
+    names = list(recipe.run.stages)
+    if "rl" not in names:
+        raise AblationError(f"run.stages: an ablation trains the rl stage; expected 'rl' in run.stages, got {names}")
+    shared = names[: names.index("rl")]
+    policies = [s for s in shared if STAGES[s].policy is not None]
+    if not policies:
+        raise AblationError(f"run.stages: an ablation compares RL variants with the policy they start from; "
+                            f"expected a policy stage (such as 'sft') before 'rl', got {names}")
+    return shared, policies[-1]
+
+
+def variant_overrides(recipe: Any, base_dir: Path, start: str, variant: str, seed: int) -> List[str]:
+    """What makes a variant's run out of the recipe: its directory, seed, starting policy and shared inputs."""
+    from pagerl.stages import STAGES
+
+    out = [
+        f"run.output_dir={json.dumps(str(base_dir / ABLATION_DIR))}",
+        f"run.name={variant}-seed{seed}",
+        "run.stages=[rl,eval]",
+        f"rl.seed={seed}",
+        f"rl.init_policy_dir={json.dumps(str(base_dir / STAGES[start].policy))}",
+        "eval.baselines=[]",  # the baselines were scored once, in the recipe's own run directory
+    ]
+    for split in ("train", "eval"):
+        if not getattr(recipe.data, f"{split}_files"):
+            out.append(f"data.{split}_files={json.dumps([str(base_dir / 'data' / f'{split}.jsonl')])}")
+    if recipe.rewards.source == "learned" and not recipe.rewards.model_dir:
+        out.append(f"rewards.model_dir={json.dumps(str(base_dir / 'rm' / 'final'))}")
+    return out
+
+
+def run_ablation(recipe_path: str | Path, overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Run every part of the ablation (module doc) and write its table; returns the table."""
+    from pagerl import pipeline
+    from pagerl.config.load import load_recipe
+    from pagerl.distributed import ray_cluster
+    from pagerl.tracking.console import CONSOLE
+
+    base, _ = load_recipe(recipe_path, overrides)
+    cfg = base.ablation
+    shared, start = shared_stages(base)
+    base_dir = pipeline.run_dir_of(base)
+    variants = {v.name: list(v.overrides) for v in cfg.variants}
+    plan = [(variant, int(seed)) for variant in variants for seed in cfg.seeds]
+    for variant, seed in plan:
+        # Every variant's keys and values are checked before any work (its paths exist only later).
+        load_recipe(recipe_path, [*overrides, *variants[variant], f"rl.seed={seed}"])
+    owned = ray_cluster.connect(base.distributed.ray_address)
+    runs: Dict[str, Dict[int, Path]] = {v: {} for v in variants}
+    try:
+        CONSOLE.line(f"[ablate] shared stages ({', '.join(shared)}) and the baselines' eval in {base_dir}")
+        pipeline.run(base, stages=[*shared, "eval"])
+        for i, (variant, seed) in enumerate(plan, start=1):
+            recipe, _ = load_recipe(recipe_path, [*overrides, *variants[variant],
+                                                  *variant_overrides(base, base_dir, start, variant, seed)])
+            CONSOLE.line(f"[ablate] run {i}/{len(plan)}: {variant}, rl.seed={seed}")
+            pipeline.run(recipe)
+            runs[variant][seed] = pipeline.run_dir_of(recipe)
+    finally:
+        ray_cluster.shutdown(owned)
+    table = ablation_table(base, base_dir, start, runs)
+    out = base_dir / ABLATION_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).write_text(json.dumps(table, indent=2, allow_nan=False) + "\n")
+    (out / TABLE_FILE).write_text("\n".join(format_markdown(table)) + "\n")
+    if base.tracking.report:
+        from pagerl.tracking.report import write_report
+
+        table["report"] = str(write_report(base_dir))
+    CONSOLE.line("\n".join(format_markdown(table)))
+    return table
+
+
+# ----------------------------------------------------------------- the table
+
+
+def read_scores(run_dir: Path, method: str) -> Tuple[List[str], Dict[str, np.ndarray]]:
+    """Request ids and per-request scores (:data:`TABLE_METRICS`) of ``method`` in ``<run_dir>/eval/pages.jsonl``."""
+    path = Path(run_dir) / "eval" / "pages.jsonl"
+    if not path.is_file():
+        raise AblationError(f"{path}: not found; the eval stage of that run did not complete")
+    ids: List[str] = []
+    values: Dict[str, List[float]] = {m: [] for m in TABLE_METRICS}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        row = json.loads(line)
+        page = row["pages"].get(method)
+        if page is None:
+            raise AblationError(f"{path}:{number}: no page of {method!r} (methods: {', '.join(row['pages'])})")
+        ids.append(row["request_id"])
+        for m in TABLE_METRICS:
+            values[m].append(float(page[m]))
+    return ids, {m: np.asarray(v, dtype=np.float64) for m, v in values.items()}
+
+
+def compare(a: np.ndarray, b: np.ndarray, boot: Bootstrap) -> Dict[str, Any]:
+    """``a - b`` request by request: mean and interval of the difference, and of it relative to ``mean(b)``."""
+    diff = a - b
+    out: Dict[str, Any] = {"diff": float(diff.mean()), "diff_ci": boot.ci(diff)}
+    denominator = float(b.mean())
+    out["relative"] = float(diff.mean() / denominator) if denominator else None
+    out["relative_ci"] = boot.ratio_ci(diff, b) if denominator else None
+    return out
+
+
+def summarise(seeds: Mapping[int, Mapping[str, np.ndarray]], start: Mapping[str, np.ndarray],
+              reference: Optional[Mapping[str, np.ndarray]], boot: Bootstrap) -> Dict[str, Any]:
+    """One variant's row: per metric its seed-averaged score against the starting policy and the reference."""
+    row: Dict[str, Any] = {}
+    for m in TABLE_METRICS:
+        per_request = np.mean([scores[m] for scores in seeds.values()], axis=0)
+        seed_means = [float(scores[m].mean()) for scores in seeds.values()]
+        row[m] = {
+            "mean": float(per_request.mean()), "ci": boot.ci(per_request),
+            "seed_means": seed_means, "seed_sd": float(np.std(seed_means, ddof=1)) if len(seed_means) > 1 else None,
+            "vs_start": compare(per_request, start[m], boot),
+            "vs_reference": None if reference is None else compare(per_request, reference[m], boot),
+        }
+    return row
+
+
+def ablation_table(recipe: Any, base_dir: Path, start: str, runs: Mapping[str, Mapping[int, Path]]) -> Dict[str, Any]:
+    """The ablation's figures (module doc) from the eval pages of the shared run and of every variant run."""
+    cfg = recipe.ablation
+    ids, start_scores = read_scores(base_dir, start)
+    scores: Dict[str, Dict[int, Dict[str, np.ndarray]]] = {}
+    for variant, by_seed in runs.items():
+        scores[variant] = {}
+        for seed, run_dir in by_seed.items():
+            run_ids, values = read_scores(run_dir, "rl")
+            if run_ids != ids:
+                raise AblationError(f"{run_dir}/eval/pages.jsonl: its requests are not those of "
+                                    f"{base_dir}/eval/pages.jsonl; every run must score the same held-out requests")
+            scores[variant][seed] = values
+    boot = Bootstrap(recipe.eval.bootstrap_resamples, recipe.eval.ci_level, recipe.run.seed)
+    reference = {m: np.mean([s[m] for s in scores[cfg.reference].values()], axis=0) for m in TABLE_METRICS}
+    variants = {v: summarise(scores[v], start_scores, None if v == cfg.reference else reference, boot)
+                for v in scores}
+    results = _read_json(base_dir / "eval" / "results.json") or {}
+    table: Dict[str, Any] = {
+        "metrics": list(TABLE_METRICS),
+        "k": results.get("k"),
+        "num_requests": len(ids),
+        "seeds": [int(s) for s in cfg.seeds],
+        "reference": cfg.reference,
+        "start": start,
+        "steps": int(recipe.rl.steps),
+        "bootstrap": {"resamples": boot.resamples, "level": boot.level},
+        "variant_overrides": {v.name: list(v.overrides) for v in cfg.variants},
+        "start_scores": {m: {"mean": float(start_scores[m].mean()), "ci": boot.ci(start_scores[m])}
+                         for m in TABLE_METRICS},
+        "baselines": {name: {m: row.get(m) for m in TABLE_METRICS}
+                      for name, row in (results.get("methods") or {}).items() if name != start},
+        "variants": variants,
+        "runs": {v: {str(s): str(d) for s, d in by_seed.items()} for v, by_seed in runs.items()},
+        "rl_summaries": {v: {str(s): _rl_summary(d) for s, d in by_seed.items()} for v, by_seed in runs.items()},
+        "rm_quality": ((_read_json(base_dir / "rm" / "quality.json") or {}).get("pair_accuracy")),
+    }
+    table["claims"] = claims(table)
+    return table
+
+
+def claims(table: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The paper's claim, comparison by comparison: the reference ahead of every other variant, and
+    every variant ahead of the starting policy. ``holds``: the interval of the difference lies above 0."""
+    out = []
+    ref = table["reference"]
+    for m in table["metrics"]:
+        for v, row in table["variants"].items():
+            if v != ref:
+                c = row[m]["vs_reference"]
+                out.append(_claim(f"{ref} ahead of {v}", m, -c["diff"], _negated(c["diff_ci"])))
+        for v, row in table["variants"].items():
+            c = row[m]["vs_start"]
+            out.append(_claim(f"{v} ahead of {table['start']}", m, c["diff"], c["diff_ci"]))
+    return out
+
+
+def _claim(text: str, metric: str, diff: float, ci: Optional[List[float]]) -> Dict[str, Any]:
+    return {"claim": text, "metric": metric, "diff": diff, "ci": ci,
+            "holds": bool(ci is not None and ci[0] > 0), "ahead": bool(diff > 0)}
+
+
+def _negated(ci: Optional[List[float]]) -> Optional[List[float]]:
+    return None if ci is None else [-ci[1], -ci[0]]
+
+
+def _rl_summary(run_dir: Path) -> Dict[str, Any]:
+    summary = _read_json(Path(run_dir) / "rl" / "summary.json") or {}
+    last = summary.get("last") or {}
+    return {key: last.get(key) for key in ("reward_total", "reward_page", "reward_item", "kl") if key in last}
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ----------------------------------------------------------------- formatting
+
+
+def _interval(ci: Any, scale: float = 1.0, digits: int = 3, suffix: str = "") -> str:
+    if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+        return ""
+    return f" [{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]{suffix}"
+
+
+def format_markdown(table: Mapping[str, Any]) -> List[str]:
+    """The ablation table as Markdown lines (``ablation.md`` and the run's report)."""
+    k = table.get("k")
+    label = {"expected_clicks": "expected clicks", "ndcg": f"NDCG@{k}" if k else "NDCG"}
+    ref, start = table["reference"], table["start"]
+    level = 100 * float(table["bootstrap"]["level"])
+    lines = [
+        f"Reward ablation: {len(table['variants'])} variants × {len(table['seeds'])} seeds "
+        f"(rl.seed {', '.join(map(str, table['seeds']))}), {table['steps']} RL steps each from the same "
+        f"`{start}` policy and reward model, scored on the same {table['num_requests']} held-out requests "
+        f"(`pagerl.eval.ablation`). A variant's score of a request is its mean over seeds; "
+        f"[…] is a {level:.0f}% bootstrap interval over requests "
+        f"({table['bootstrap']['resamples']} resamples).",
+        "",
+    ]
+    head = ["variant", "overrides"]
+    for m in table["metrics"]:
+        head += [label[m], f"vs `{start}`", f"vs `{ref}`"]
+    rows = [[f"`{start}`", "(the starting policy)"] + sum(
+        ([f"{table['start_scores'][m]['mean']:.4f}", "", ""] for m in table["metrics"]), [])]
+    for v, row in table["variants"].items():
+        cells = [f"`{v}`", ", ".join(f"`{o}`" for o in table["variant_overrides"].get(v, [])) or "(the recipe's)"]
+        for m in table["metrics"]:
+            r = row[m]
+            sd = f" (seed sd {r['seed_sd']:.4f})" if r.get("seed_sd") is not None else ""
+            cells.append(f"{r['mean']:.4f}{sd}")
+            s = r["vs_start"]
+            cells.append(f"{s['diff']:+.4f}{_interval(s['diff_ci'], digits=4)}")
+            c = r["vs_reference"]
+            cells.append("" if c is None or c["relative"] is None else
+                         f"{100 * c['relative']:+.1f}%{_interval(c['relative_ci'], 100, 1, '%')}")
+        rows.append(cells)
+    lines += _markdown_table(head, rows)
+    lines += ["", "The claim, comparison by comparison (holds: the interval of the difference is above 0):", ""]
+    lines += _markdown_table(["claim", "metric", "difference", "holds"],
+                             [[c["claim"], label[c["metric"]], f"{c['diff']:+.4f}{_interval(c['ci'], digits=4)}",
+                               "yes" if c["holds"] else ("ahead, not significant" if c["ahead"] else "no")]
+                              for c in table["claims"]])
+    quality = table.get("rm_quality")
+    if isinstance(quality, dict) and quality:
+        lines += ["", "The shared reward model's held-out pair accuracy per family (`rm/quality.json`):", ""]
+        lines += _markdown_table(["family", "pairs", "page head", "item head"],
+                                 [[f, str(q.get("pairs", "")), f"{q.get('page_accuracy', float('nan')):.3f}",
+                                   f"{q.get('item_accuracy', float('nan')):.3f}"] for f, q in quality.items()])
+    return lines
+
+
+def _markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    return (["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+__all__ = ["AblationError", "ablation_table", "claims", "compare", "format_markdown", "read_scores",
+           "run_ablation", "shared_stages", "variant_overrides"]

@@ -1,0 +1,115 @@
+"""The reward ablation: its table against hand-computed figures and its recipe checks. A whole
+ablation runs end to end as a cluster job in tests/cluster/test_job_submit.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pagerl.config.load import load_recipe
+from pagerl.errors import RecipeError
+from pagerl.eval.ablation import AblationError, ablation_table, format_markdown, shared_stages
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_pages(run_dir: Path, method: str, clicks, ndcg, ids=None) -> None:
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    ids = ids or [f"r{i}" for i in range(len(clicks))]
+    with open(run_dir / "eval" / "pages.jsonl", "w") as f:
+        for rid, c, n in zip(ids, clicks, ndcg):
+            f.write(json.dumps({"request_id": rid, "pages": {method: {"expected_clicks": c, "ndcg": n}}}) + "\n")
+
+
+def _recipe(*overrides):
+    return load_recipe(REPO / "recipes" / "ci_small.yaml",
+                       ["run.stages=[synth,sft,rm,rl,eval]", "eval.bootstrap_resamples=4000", *overrides])[0]
+
+
+def test_the_table_matches_figures_computed_by_hand(tmp_path):
+    recipe = _recipe("ablation.seeds=[0,1]",
+                     'ablation.variants=[{name: mixed}, {name: item_only, overrides: ["rewards.w_page=0"]}]')
+    base = tmp_path / "base"
+    sft = [1.0, 2.0, 1.0, 2.0]
+    _write_pages(base, "sft", sft, [0.5] * 4)
+    runs = {"mixed": {}, "item_only": {}}
+    # mixed: seed 0 is sft + 0.2 everywhere, seed 1 sft + 0.4 -> the seed mean is sft + 0.3
+    for seed, gain in ((0, 0.2), (1, 0.4)):
+        runs["mixed"][seed] = tmp_path / f"mixed-seed{seed}"
+        _write_pages(runs["mixed"][seed], "rl", [c + gain for c in sft], [0.6] * 4)
+    # item_only: sft + 0.1 on both seeds
+    for seed in (0, 1):
+        runs["item_only"][seed] = tmp_path / f"item_only-seed{seed}"
+        _write_pages(runs["item_only"][seed], "rl", [c + 0.1 for c in sft], [0.55] * 4)
+
+    table = ablation_table(recipe, base, "sft", runs)
+    mixed, item = table["variants"]["mixed"]["expected_clicks"], table["variants"]["item_only"]["expected_clicks"]
+    assert mixed["mean"] == pytest.approx(1.5 + 0.3)
+    assert mixed["seed_means"] == pytest.approx([1.7, 1.9])
+    assert mixed["seed_sd"] == pytest.approx(np.std([1.7, 1.9], ddof=1))
+    # a constant per-request difference: the interval is the point itself
+    assert mixed["vs_start"]["diff"] == pytest.approx(0.3)
+    assert mixed["vs_start"]["diff_ci"] == pytest.approx([0.3, 0.3])
+    assert mixed["vs_start"]["relative"] == pytest.approx(0.3 / 1.5)
+    assert mixed["vs_reference"] is None
+    assert item["vs_reference"]["diff"] == pytest.approx(-0.2)
+    assert item["vs_reference"]["relative"] == pytest.approx(-0.2 / 1.8)
+    assert table["variants"]["item_only"]["ndcg"]["vs_reference"]["relative"] == pytest.approx(-0.05 / 0.6)
+
+    holds = {(c["claim"], c["metric"]): c["holds"] for c in table["claims"]}
+    assert holds[("mixed ahead of item_only", "expected_clicks")]
+    assert holds[("item_only ahead of sft", "ndcg")] and holds[("mixed ahead of sft", "expected_clicks")]
+    text = "\n".join(format_markdown(table))
+    assert "| `item_only` | `rewards.w_page=0` | 1.6000 (seed sd 0.0000)" in text
+    assert "| -11.1% [" in text  # item_only vs mixed in expected clicks, with its interval
+
+
+def test_runs_scoring_other_requests_are_refused(tmp_path):
+    recipe = _recipe("ablation.seeds=[0]", "ablation.variants=[{name: mixed}]")
+    _write_pages(tmp_path / "base", "sft", [1.0, 2.0], [0.5, 0.5])
+    _write_pages(tmp_path / "m", "rl", [1.0, 2.0], [0.5, 0.5], ids=["r0", "other"])
+    with pytest.raises(AblationError, match="same held-out requests"):
+        ablation_table(recipe, tmp_path / "base", "sft", {"mixed": {0: tmp_path / "m"}})
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ('ablation.variants=[{name: mixed}, {name: fast, overrides: ["rl.steps=1"]}]', "ablation.variants"),
+        ('ablation.variants=[{name: mixed}, {name: other, overrides: ["sft.lr=1"]}]', "ablation.variants"),
+        ("ablation.variants=[{name: mixed}, {name: mixed}]", "ablation.variants"),
+        ("ablation.reference=joint", "ablation.reference"),
+        ("ablation.seeds=[1,1]", "ablation.seeds"),
+    ],
+)
+def test_a_variant_that_breaks_the_shared_budget_is_refused_naming_the_key(override, key):
+    with pytest.raises(RecipeError) as err:
+        _recipe(override)
+    assert f"'{key}'" in str(err.value)
+
+
+def test_an_ablation_needs_rl_after_a_policy_stage():
+    with pytest.raises(AblationError, match="expected 'rl' in run.stages"):
+        shared_stages(_recipe("run.stages=[synth,sft,eval]"))
+    with pytest.raises(AblationError, match="policy stage"):
+        shared_stages(_recipe("run.stages=[synth,rm,rl,eval]"))
+    assert shared_stages(_recipe()) == (["synth", "sft", "rm"], "sft")
+
+
+def test_seeds_move_only_the_rl_streams():
+    """rl.seed 0 is run.seed itself (earlier runs repeat); another value moves RL's seed and
+    leaves the world, and so the data, SFT and reward models, where they were."""
+    from pagerl.rl import rl_seed
+    from pagerl.rl.controller import PromptCursor
+    from pagerl.sim import World
+
+    zero, two = _recipe(), _recipe("rl.seed=2")
+    assert rl_seed(zero) == zero.run.seed and rl_seed(two) != rl_seed(zero)
+    first = [PromptCursor(400, 8, rl_seed(r)).next() for r in (zero, two)]
+    assert list(first[0]) != list(first[1])
+    worlds = [World.from_config(r.sim, r.run.seed) for r in (zero, two)]
+    assert worlds[0].item_titles == worlds[1].item_titles
+    assert np.array_equal(worlds[0].user_latent, worlds[1].user_latent)
