@@ -594,6 +594,21 @@ class TrackingConfig:
 
     jsonl: bool = True
     tensorboard: bool = True
+    # Weights & Biases (pip extra "tracking"): one W&B run per logger of a
+    # stage (a resumed attempt starts another), named "<run.name>-<stage>" and
+    # grouped by run.name. "offline" writes under <run_dir>/wandb/ with no
+    # network and no API key (upload later with `wandb sync`); "online" sends
+    # to the W&B server the user is logged in to.
+    wandb: bool = False
+    wandb_project: str = "pagerl"
+    wandb_mode: str = "offline"
+    # MLflow (pip extra "tracking"): one MLflow run per stage, named
+    # "<run.name>-<stage>". An empty URI keeps a local SQLite store in
+    # <run_dir>/mlflow/mlflow.db; otherwise an MLflow tracking URI with an
+    # absolute path or a host (sqlite:////abs/mlflow.db, http://host:5000).
+    mlflow: bool = False
+    mlflow_uri: str = ""
+    mlflow_experiment: str = "pagerl"
     report: bool = True
     # Seconds between two progress lines of a long loop in a log or a
     # non-interactive terminal (pagerl.tracking.progress.Progress); the last

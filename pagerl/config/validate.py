@@ -391,3 +391,28 @@ def _ablation(r: RecipeConfig) -> Finding:
                 return "ablation.variants", (f"variant {name!r} sets {key}: every variant trains with the recipe's "
                                              "budget and the seeds of ablation.seeds")
     return None
+
+
+# Metrics sinks (pagerl.tracking.sinks): an optional tracker whose package is missing fails here,
+# at load, rather than in a Ray worker after the stages before it have run.
+@rule
+def _tracking(r: RecipeConfig) -> Finding:
+    from pagerl.tracking.sinks import SINKS, TRACKING_EXTRA, WANDB_MODES, missing_modules
+
+    t = r.tracking
+    for name in SINKS:
+        missing = missing_modules(name, t) if getattr(t, name) else []
+        if missing:
+            return f"tracking.{name}", (f"is on, but {', '.join(missing)} cannot be imported: install the "
+                                        f"tracking extra ({TRACKING_EXTRA}) or set tracking.{name}=false")
+    if not t.wandb_project.strip():
+        return "tracking.wandb_project", "expected a W&B project name"
+    if not t.mlflow_experiment.strip():
+        return "tracking.mlflow_experiment", "expected an MLflow experiment name"
+    uri = t.mlflow_uri
+    if uri and (":" not in uri or (uri.startswith("sqlite:") and not uri.startswith("sqlite:////"))):
+        return "tracking.mlflow_uri", (
+            f"expected an MLflow tracking URI with an absolute path or a host (sqlite:////abs/path/mlflow.db, "
+            f"http://host:5000), or empty for a store in the run directory; got {uri!r} (Ray Train workers "
+            "start in another directory, so a relative path would point elsewhere)")
+    return _one_of("tracking.wandb_mode", t.wandb_mode, WANDB_MODES)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Sequence, Union
+from typing import Iterable, Iterator, List, Optional, Sequence, TypeVar, Union
 
 from pagerl.data.errors import DataError, RowError
 from pagerl.data.formats import format_for
@@ -22,6 +22,7 @@ from pagerl.data.types import Impression
 from pagerl.data.validate import FieldError, impression_from_row, validate_row
 
 PathLike = Union[str, os.PathLike]
+T = TypeVar("T")
 ON_BAD_ROW = ("skip", "error")
 # How many bad rows a summary or an error message quotes in full.
 _QUOTED_ERRORS = 5
@@ -92,26 +93,47 @@ def read_impressions(
     file and line; ``"skip"`` drops bad rows, keeps them in ``bad_rows`` and
     raises only if more than ``max_bad_fraction`` of all rows read are bad.
     """
+    check_bad_row_policy(on_bad_row, max_bad_fraction)
+    result = LoadResult(files=_as_paths(paths))
+    for path in result.files:
+        for entry in iter_impressions(path, batch_size=batch_size):
+            impression = tally(result, entry, on_bad_row)
+            if impression is not None:
+                result.impressions.append(impression)
+    check_bad_fraction(result, on_bad_row, max_bad_fraction)
+    return result
+
+
+def check_bad_row_policy(on_bad_row: str, max_bad_fraction: float) -> None:
+    """Refuse settings of ``data.on_bad_row`` / ``data.max_bad_fraction`` that mean nothing."""
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"data.on_bad_row: expected one of {ON_BAD_ROW}, got {on_bad_row!r}")
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise ValueError(f"data.max_bad_fraction: expected a share in [0, 1], got {max_bad_fraction!r}")
-    result = LoadResult(files=_as_paths(paths))
-    for path in result.files:
-        for entry in iter_impressions(path, batch_size=batch_size):
-            result.num_rows += 1
-            if isinstance(entry, RowError):
-                if on_bad_row == "error":
-                    raise DataError(f"bad row in {entry} (data.on_bad_row is 'error')")
-                result.bad_rows.append(entry)
-            else:
-                result.impressions.append(entry)
+
+
+def tally(result: LoadResult, entry: Union[T, RowError], on_bad_row: str) -> Optional[T]:
+    """Count one read row into ``result``: a RowError is kept in ``bad_rows`` (or raised when
+    ``on_bad_row`` is ``"error"``) and gives None; a good row is returned for the caller to keep.
+
+    Every reader of rows (impression files, :mod:`pagerl.data.obd`) goes
+    through here, so a bad row is accounted the same way wherever it is read."""
+    result.num_rows += 1
+    if isinstance(entry, RowError):
+        if on_bad_row == "error":
+            raise DataError(f"bad row in {entry} (data.on_bad_row is 'error')")
+        result.bad_rows.append(entry)
+        return None
+    return entry
+
+
+def check_bad_fraction(result: LoadResult, on_bad_row: str, max_bad_fraction: float) -> None:
+    """In ``skip`` mode, fail when more than ``max_bad_fraction`` of the rows read were bad."""
     if on_bad_row == "skip" and result.bad_fraction > max_bad_fraction:
         raise DataError(
             f"too many bad rows: {100.0 * result.bad_fraction:.2f}% > data.max_bad_fraction "
             f"{100.0 * max_bad_fraction:.2f}%. {result.summary}"
         )
-    return result
 
 
 def validate_file(path: PathLike, batch_size: int = 1024) -> LoadResult:

@@ -13,11 +13,14 @@ Usage::
 
     import gymnasium
     env = gymnasium.make("pagerl/PageSim-v0", sim={"num_items": 120})
+    env = make_env("obp_slate", n_items=10, page_size=3)   # needs the optional extra: pip install 'pagerl[obp]'
 
 Modules: :mod:`~pagerl.envs.base` (the interface, :class:`PageEnv`, and its
 action space), :mod:`~pagerl.envs.features` (the observation: what a prompt
 shows, as arrays), :mod:`~pagerl.envs.registry` (names and gymnasium ids),
-:mod:`~pagerl.envs.pagesim` (our simulator, ``pagesim``).
+:mod:`~pagerl.envs.pagesim` (our simulator, ``pagesim``),
+:mod:`~pagerl.envs.obp_slate` (Open Bandit Pipeline's synthetic slate bandit,
+``obp_slate``). docs/environments.md describes both.
 """
 
 from pagerl.envs.base import REWARDS, InvalidPageError, PageEnv, PageSpace
@@ -25,11 +28,16 @@ from pagerl.envs.features import FIELDS, VisibleFeatures
 from pagerl.envs.pagesim import GYM_ID, PageSimEnv
 from pagerl.envs.registry import ENVIRONMENTS, make_env, register_env
 
+# Safe without obp: the module imports obp only when an ObpSlateEnv is built,
+# and then raises an ImportError that says how to install it.
+from pagerl.envs.obp_slate import ObpSlateEnv  # registers "obp_slate"
+
 __all__ = [
     "ENVIRONMENTS",
     "FIELDS",
     "GYM_ID",
     "InvalidPageError",
+    "ObpSlateEnv",
     "PageEnv",
     "PageSimEnv",
     "PageSpace",

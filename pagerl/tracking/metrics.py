@@ -1,24 +1,34 @@
-"""Scalar metrics of a run: one JSONL file plus TensorBoard event files.
+"""Scalar metrics of a run: one JSONL file plus the sinks a recipe turns on.
 
-Why two sinks: ``metrics.jsonl`` is the run's durable record (plain text,
-append-only, flushed on every call so a crash loses nothing already logged,
-read back by :func:`read_metrics` for the report and for tests that assert
-on what a run did); TensorBoard is for looking at curves while a run is
-going. Both are written by the same :meth:`MetricsLogger.log` call so they
-cannot disagree.
+Why JSONL and sinks: ``metrics.jsonl`` is the run's durable record (plain
+text, append-only, flushed on every call so a crash loses nothing already
+logged, read back by :func:`read_metrics` for the report and for tests that
+assert on what a run did); the sinks of :mod:`pagerl.tracking.sinks`
+(TensorBoard by default, Weights & Biases and MLflow when ``tracking.wandb``
+or ``tracking.mlflow`` is on) are for looking at curves, while a run is
+going or beside other experiments. All are written by the same
+:meth:`MetricsLogger.log` call so they cannot disagree.
 
 Layout inside the run directory::
 
     <run_dir>/metrics.jsonl      {"stage": "sft", "step": 40, "time": 1.7e9, "loss": 1.23, ...}
     <run_dir>/tensorboard/       event files, scalar tags "<stage>/<name>" (e.g. "sft/loss")
+    <run_dir>/wandb/, mlflow/    the optional sinks (see pagerl.tracking.sinks)
+
+A sink that cannot start is a misconfiguration and raises
+:class:`~pagerl.tracking.sinks.SinkStartError` when the logger is made,
+before any training step. A sink that fails later (a full disk, a tracking
+server gone) must not end a run that may have hours of training left: it is
+warned about once and closed, and the JSONL record goes on with every value.
+A failing JSONL write still raises: without it the run has no record.
 
 Non-finite values (NaN, +/-inf) are not an error here: a diverging loss is
 exactly what the record must show. They are written to JSON as ``null``
 (JSON has no NaN), listed under the line's ``"nonfinite"`` key, counted in
 :attr:`MetricsLogger.nonfinite_count`, reported once per metric name through
-:mod:`warnings`, and left out of TensorBoard (a NaN point breaks its
-smoothing and axis scaling). Deciding to stop a diverging run belongs to the
-trainer, not to the logger.
+:mod:`warnings`, and left out of every sink (a NaN point breaks TensorBoard's
+smoothing and axis scaling, and the trackers' summaries). Deciding to stop a
+diverging run belongs to the trainer, not to the logger.
 
 Distributed stages: only one process may write a run's metrics, or the lines
 of several ranks interleave and TensorBoard shows duplicate points. The
@@ -42,20 +52,27 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from pagerl.tracking.sinks import SINKS, TENSORBOARD_DIR, Sink, open_sinks
+
+__all__ = ["METRICS_FILE", "TENSORBOARD_DIR", "MetricsLogger", "metric_series", "read_metrics"]
+
 METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 # Keys every JSON line carries; a metric may not use these names.
 RESERVED_KEYS = frozenset({"stage", "step", "time", "nonfinite"})
 
 
 class MetricsLogger:
-    """Writes scalar metrics of one run to JSONL and TensorBoard.
+    """Writes scalar metrics of one run to JSONL and to every sink it opened.
 
-    Use as a context manager (or call :meth:`close`) so the TensorBoard
-    writer's last events reach the disk::
+    Use as a context manager (or call :meth:`close`) so the sinks' last
+    events reach the disk (and their runs are marked finished)::
 
         with MetricsLogger(run_dir, enabled=rank == 0) as logger:
             logger.log("sft", step, {"loss": loss, "lr": lr})
+
+    ``tensorboard`` turns the TensorBoard sink on or off; ``tracking`` (a
+    recipe's ``TrackingConfig``) turns on the other sinks it names
+    (``tracking.wandb``, ``tracking.mlflow``) and carries their settings.
     """
 
     def __init__(
@@ -64,6 +81,7 @@ class MetricsLogger:
         jsonl: bool = True,
         tensorboard: bool = True,
         enabled: bool = True,
+        tracking: Any = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
@@ -71,20 +89,19 @@ class MetricsLogger:
         self.nonfinite_count = 0
         self._warned: set[str] = set()
         self._file = None
-        self._writer = None
+        self._sinks: Dict[str, Sink] = {}
         self._closed = False
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        switches = {name: bool(getattr(tracking, name, False)) for name in SINKS}
+        switches["tensorboard"] = tensorboard
+        # Sinks import their packages when opened: a JSONL-only logger (e.g. a
+        # worker process) pulls in neither tensorboard nor a tracker.
+        self._sinks = open_sinks(self.run_dir, [name for name, on in switches.items() if on], tracking)
         if jsonl:
             # Append: a resumed stage continues the record of its first attempt.
             self._file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
-        if tensorboard:
-            # Imported here: it pulls in tensorboard and protobuf, which a
-            # JSONL-only logger (e.g. a worker process) does not need.
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
 
     @classmethod
     def from_config(
@@ -96,7 +113,13 @@ class MetricsLogger:
             jsonl=bool(tracking_cfg.jsonl),
             tensorboard=bool(tracking_cfg.tensorboard),
             enabled=enabled,
+            tracking=tracking_cfg,
         )
+
+    @property
+    def sink_names(self) -> Tuple[str, ...]:
+        """The sinks this logger still writes to (JSONL aside), in registry order."""
+        return tuple(self._sinks)
 
     def log(self, stage: str, step: int, metrics: Mapping[str, Any]) -> None:
         """Record ``metrics`` (name -> number) of ``stage`` at ``step``.
@@ -149,26 +172,48 @@ class MetricsLogger:
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
-        if self._writer is not None:
-            for name, number in finite.items():
-                self._writer.add_scalar(f"{stage}/{name}", number, global_step=step)
-            self._writer.flush()
+        if not finite:
+            return
+        for name, sink in list(self._sinks.items()):
+            try:
+                sink.log(stage, step, finite)
+            except Exception as err:
+                del self._sinks[name]
+                _warn_sink_failed(name, err, f"at {stage} step {step}")
+                try:
+                    sink.close()
+                except Exception:
+                    pass  # already failing; the warning names the first error
 
     def close(self) -> None:
-        """Flush and close both sinks; closing twice is allowed."""
+        """Flush and close the JSONL file and every sink; closing twice is allowed."""
         if self._closed:
             return
         self._closed = True
         if self._file is not None:
             self._file.close()
-        if self._writer is not None:
-            self._writer.close()
+        sinks, self._sinks = self._sinks, {}
+        for name, sink in sinks.items():
+            try:
+                sink.close()
+            except Exception as err:
+                _warn_sink_failed(name, err, "on close")
 
     def __enter__(self) -> "MetricsLogger":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _warn_sink_failed(name: str, err: Exception, when: str) -> None:
+    """The one warning a sink that failed after startup gives; the JSONL record goes on."""
+    warnings.warn(
+        f"tracking.{name}: the {name} sink failed {when} ({type(err).__name__}: {err}); "
+        f"it is off for the rest of this logger, {METRICS_FILE} keeps every value",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _to_float(value: Any, tag: str) -> float:
