@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -28,6 +31,12 @@ def _free_port() -> int:
 
 @pytest.fixture
 def head(tmp_path):
+    """A head node of its own, stopped alone at the end.
+
+    ``ray start --head --block`` keeps the node's processes under this one process, which on
+    SIGTERM shuts down exactly that node; ``ray stop`` would end every Ray process of the user
+    on the machine, a developer's other clusters included.
+    """
     env = dict(os.environ)
     env.update({
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single node: bind to loopback
@@ -35,18 +44,43 @@ def head(tmp_path):
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     })
     env.pop("RAY_ADDRESS", None)
-    gcs, dash = _free_port(), _free_port()
-    start = subprocess.run(
-        ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+    # Every port the head listens on is a free one, so it starts beside any other cluster on the
+    # machine (the job agent's default, 52365, is taken by the first cluster that starts).
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
+    log = open(tmp_path / "head.log", "w")
+    node = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+         "--num-cpus=2",
          "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180,
+        env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    assert start.returncode == 0, start.stdout + start.stderr
     try:
+        deadline = time.monotonic() + 180
+        while not _answers(f"http://127.0.0.1:{dash}/api/version"):
+            assert node.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the head's dashboard did not answer within 180 s"
+            time.sleep(1)
         yield env, f"http://127.0.0.1:{dash}"
     finally:
-        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        node.send_signal(signal.SIGTERM)
+        try:
+            node.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait(timeout=30)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status: with token auth on, it may refuse)."""
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def test_job_submit_runs_an_ablation_of_the_pipeline(head, tmp_path, fresh_repo):
