@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 from pagerl.errors import PageRLError
 
@@ -72,18 +72,25 @@ def _load(args: argparse.Namespace):
 def _run_stages(args: argparse.Namespace, stages: Optional[List[str]]) -> int:
     """Run stages with the person's lines on the terminal and everything else in the run's log."""
     from pagerl import pipeline
-    from pagerl.tracking import console
 
     recipe = _load(args)
-    run_dir = pipeline.prepare_run_dir(recipe)
+    out = _in_session(pipeline.prepare_run_dir(recipe), lambda: pipeline.run(recipe, stages=stages))
+    return 3 if out.get("stopped") else 0
+
+
+def _in_session(run_dir: Path, work: Callable[[], Any]) -> Any:
+    """``work()`` with the person's lines on the terminal and everything else in ``run_dir``'s log,
+    which is named at the end either way."""
+    from pagerl.tracking import console
+
     try:
         with console.session(run_dir):
-            out = pipeline.run(recipe, stages=stages)
+            out = work()
     except BaseException:
         print(f"(full log: {run_dir / console.LOG_FILE})", file=sys.stderr)
         raise
     print(f"log:           {run_dir / console.LOG_FILE}")
-    return 3 if out.get("stopped") else 0
+    return out
 
 
 def _main(argv: Optional[List[str]]) -> int:
@@ -109,17 +116,13 @@ def _main(argv: Optional[List[str]]) -> int:
 def _ablate(args: argparse.Namespace) -> int:
     """Every part of the ablation in one console session: its lines here, the rest in the recipe's run log."""
     from pagerl import pipeline
-    from pagerl.eval.ablation import ABLATION_DIR, TABLE_FILE, run_ablation
-    from pagerl.tracking import console
+    from pagerl.eval.ablation import ABLATION_DIR, TABLE_FILE, run_ablation, shared_stages
 
-    run_dir = pipeline.prepare_run_dir(_load(args))
-    try:
-        with console.session(run_dir):
-            run_ablation(args.recipe, args.overrides)
-    except BaseException:
-        print(f"(full log: {run_dir / console.LOG_FILE})", file=sys.stderr)
-        raise
-    print(f"ablation:      {run_dir / ABLATION_DIR / TABLE_FILE}\nlog:           {run_dir / console.LOG_FILE}")
+    recipe = _load(args)
+    shared_stages(recipe)  # a recipe that cannot be ablated is refused before its run directory is made
+    run_dir = pipeline.prepare_run_dir(recipe)
+    _in_session(run_dir, lambda: run_ablation(args.recipe, args.overrides))
+    print(f"ablation:      {run_dir / ABLATION_DIR / TABLE_FILE}")
     return 0
 
 

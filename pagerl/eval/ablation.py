@@ -36,6 +36,7 @@ import numpy as np
 
 from pagerl.errors import PageRLError
 from pagerl.eval.stats import Bootstrap
+from pagerl.tracking.report import markdown_table, read_json, write_report
 
 ABLATION_DIR = "ablation"
 RESULTS_FILE = "ablation.json"
@@ -121,8 +122,6 @@ def run_ablation(recipe_path: str | Path, overrides: Sequence[str] = ()) -> Dict
     (out / RESULTS_FILE).write_text(json.dumps(table, indent=2, allow_nan=False) + "\n")
     (out / TABLE_FILE).write_text("\n".join(format_markdown(table)) + "\n")
     if base.tracking.report:
-        from pagerl.tracking.report import write_report
-
         table["report"] = str(write_report(base_dir))
     CONSOLE.line("\n".join(format_markdown(table)))
     return table
@@ -192,7 +191,7 @@ def ablation_table(recipe: Any, base_dir: Path, start: str, runs: Mapping[str, M
     reference = {m: np.mean([s[m] for s in scores[cfg.reference].values()], axis=0) for m in TABLE_METRICS}
     variants = {v: summarise(scores[v], start_scores, None if v == cfg.reference else reference, boot)
                 for v in scores}
-    results = _read_json(base_dir / "eval" / "results.json") or {}
+    results = read_json(base_dir / "eval" / "results.json") or {}
     table: Dict[str, Any] = {
         "metrics": list(TABLE_METRICS),
         "k": results.get("k"),
@@ -210,7 +209,7 @@ def ablation_table(recipe: Any, base_dir: Path, start: str, runs: Mapping[str, M
         "variants": variants,
         "runs": {v: {str(s): str(d) for s, d in by_seed.items()} for v, by_seed in runs.items()},
         "rl_summaries": {v: {str(s): _rl_summary(d) for s, d in by_seed.items()} for v, by_seed in runs.items()},
-        "rm_quality": ((_read_json(base_dir / "rm" / "quality.json") or {}).get("pair_accuracy")),
+        "rm_quality": ((read_json(base_dir / "rm" / "quality.json") or {}).get("pair_accuracy")),
     }
     table["claims"] = claims(table)
     return table
@@ -242,13 +241,9 @@ def _negated(ci: Optional[List[float]]) -> Optional[List[float]]:
 
 
 def _rl_summary(run_dir: Path) -> Dict[str, Any]:
-    summary = _read_json(Path(run_dir) / "rl" / "summary.json") or {}
+    summary = read_json(Path(run_dir) / "rl" / "summary.json") or {}
     last = summary.get("last") or {}
     return {key: last.get(key) for key in ("reward_total", "reward_page", "reward_item", "kl") if key in last}
-
-
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 # ----------------------------------------------------------------- formatting
@@ -292,24 +287,19 @@ def format_markdown(table: Mapping[str, Any]) -> List[str]:
             cells.append("" if c is None or c["relative"] is None else
                          f"{100 * c['relative']:+.1f}%{_interval(c['relative_ci'], 100, 1, '%')}")
         rows.append(cells)
-    lines += _markdown_table(head, rows)
+    lines += markdown_table(head, rows)
     lines += ["", "The claim, comparison by comparison (holds: the interval of the difference is above 0):", ""]
-    lines += _markdown_table(["claim", "metric", "difference", "holds"],
+    lines += markdown_table(["claim", "metric", "difference", "holds"],
                              [[c["claim"], label[c["metric"]], f"{c['diff']:+.4f}{_interval(c['ci'], digits=4)}",
                                "yes" if c["holds"] else ("ahead, not significant" if c["ahead"] else "no")]
                               for c in table["claims"]])
     quality = table.get("rm_quality")
     if isinstance(quality, dict) and quality:
         lines += ["", "The shared reward model's held-out pair accuracy per family (`rm/quality.json`):", ""]
-        lines += _markdown_table(["family", "pairs", "page head", "item head"],
+        lines += markdown_table(["family", "pairs", "page head", "item head"],
                                  [[f, str(q.get("pairs", "")), f"{q.get('page_accuracy', float('nan')):.3f}",
                                    f"{q.get('item_accuracy', float('nan')):.3f}"] for f, q in quality.items()])
     return lines
-
-
-def _markdown_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
-    return (["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
-            + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 __all__ = ["AblationError", "ablation_table", "claims", "compare", "format_markdown", "read_scores",

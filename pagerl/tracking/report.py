@@ -84,12 +84,12 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         "written": f"Run directory `{run_dir}`, report written "
         f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M:%S %Z')}.",
         "recipe": _recipe_section(recipe),
-        "data": _data_section(_read_json(run_dir / "data" / "stats.json")),
+        "data": _data_section(read_json(run_dir / "data" / "stats.json")),
         "sft": _sft_section(run_dir, plots),
         "rm": _curve_section(run_dir, plots, "rm", "Reward-model learning curve"),
-        "rm_quality": _rm_quality_section(_read_json(run_dir / "rm" / "quality.json")),
+        "rm_quality": _rm_quality_section(read_json(run_dir / "rm" / "quality.json")),
         "rl": _rl_section(run_dir, plots),
-        "eval": _eval_section(_read_json(run_dir / "eval" / "results.json"), plots),
+        "eval": _eval_section(read_json(run_dir / "eval" / "results.json"), plots),
         "ablation": _ablation_section(run_dir),
     }
     # The page opens on the evaluation and folds the long recipe away; the Markdown keeps run order.
@@ -109,7 +109,8 @@ def _replace(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- inputs
 
 
-def _read_json(path: Path) -> Optional[Any]:
+def read_json(path: Path) -> Optional[Any]:
+    """A JSON file of the run directory, None when absent; bad JSON names the file and line."""
     if not path.exists():
         return None
     try:
@@ -181,7 +182,7 @@ def _data_section(stats: Optional[Any]) -> str:
         else:
             rest[key] = value
     if rest:
-        lines += ["", *_table(["statistic", "value"], [[k, _fmt(v)] for k, v in _flatten(rest).items()])]
+        lines += ["", *markdown_table(["statistic", "value"], [[k, _fmt(v)] for k, v in _flatten(rest).items()])]
     return "\n".join(lines)
 
 
@@ -196,7 +197,7 @@ def _parts_table(parts: Mapping[str, Mapping[str, Any]]) -> List[str]:
     flats = {p: _flatten(parts[p]) for p in names}
     keys = _union_keys(flats[p] for p in names)
     rows = [[k] + [_fmt(flats[p].get(k, "")) for p in names] for k in keys]
-    return _table(["statistic"] + names, rows)
+    return markdown_table(["statistic"] + names, rows)
 
 
 def _sft_section(run_dir: Path, plots: Path) -> str:
@@ -223,7 +224,7 @@ def _curve_section(run_dir: Path, plots: Path, stage: str, title: str) -> str:
         "(last value per step, so a resumed stage shows the run that went on).",
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["points", "first step", "last step", "first loss", "last loss", "min loss"],
         [[len(points), points[0][0], points[-1][0], _fmt(losses[0]), _fmt(losses[-1]), _fmt(min(losses))]],
     )
@@ -268,7 +269,7 @@ def _rl_section(run_dir: Path, plots: Path) -> str:
              f"{len(rows)} RL steps (stage `rl` of `{METRICS_FILE}`, written by `pagerl.rl.controller`); "
              "rewards are those of the reward source before normalisation, KL and entropy those of the "
              "constrained policy.", ""]
-    lines += _table(["", *RL_TABLE], [["first step", *[_fmt(first.get(k)) for k in RL_TABLE]],
+    lines += markdown_table(["", *RL_TABLE], [["first step", *[_fmt(first.get(k)) for k in RL_TABLE]],
                                       ["last step", *[_fmt(last.get(k)) for k in RL_TABLE]]])
     return "\n".join(lines)
 
@@ -285,13 +286,13 @@ def _rm_quality_section(quality: Optional[Any]) -> str:
     rows = [[family, acc.get("pairs"), _fmt(acc.get("page_accuracy")), _fmt(acc.get("item_accuracy")),
              _fmt(acc.get("label_truth_agreement"))]
             for family, acc in (quality.get("pair_accuracy") or {}).items()]
-    lines += _table(["family", "pairs", "page RM", "item RM", "label vs truth"], rows)
+    lines += markdown_table(["family", "pairs", "page RM", "item RM", "label vs truth"], rows)
     sim = quality.get("simulator") or {}
     if sim:
         lines += ["", "Spearman correlation with the simulator's ground truth on held-out requests "
                   "(`pagerl.rewards.quality.simulator_correlation`): page reward vs expected clicks of "
                   "the page, item reward vs the slot's expected clicks; within-request unless pooled.", ""]
-        lines += _table(["metric", "value"], [[k, _fmt(v)] for k, v in sim.items()])
+        lines += markdown_table(["metric", "value"], [[k, _fmt(v)] for k, v in sim.items()])
     return "\n".join(lines)
 
 
@@ -322,7 +323,7 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
         if key != "methods" and results[key] is not None and not isinstance(results[key], (dict, list))
     )
     lines = [f"## {title}", "", f"Held-out requests scored by the simulator's ground truth ({context}).", ""]
-    lines += _table(header, rows)
+    lines += markdown_table(header, rows)
     png = _plot_eval_bars(methods, plots / "eval_bars.png", k)
     if png is not None:
         lines += ["", f"![Expected clicks and NDCG per method]({PLOTS_DIR}/{png.name})"]
@@ -351,7 +352,7 @@ def _eval_section(results: Optional[Any], plots: Path) -> str:
         lines += ["", "Invalid pages by reason:", ""]
         rows = [[f"`{name}`", ", ".join(f"{reason}: {count}" for reason, count in counts.items())]
                 for name, counts in invalid.items() if isinstance(counts, dict)]
-        lines += _table(["method", "reasons"], rows)
+        lines += markdown_table(["method", "reasons"], rows)
     return "\n".join(lines)
 
 
@@ -366,7 +367,7 @@ def _ablation_section(run_dir: Path) -> str:
     """The reward ablation's table when ``pagerl ablate`` ran on this run directory (else nothing)."""
     from pagerl.eval.ablation import ABLATION_DIR, RESULTS_FILE, format_markdown
 
-    table = _read_json(run_dir / ABLATION_DIR / RESULTS_FILE)
+    table = read_json(run_dir / ABLATION_DIR / RESULTS_FILE)
     if table is None:
         return ""
     return "\n".join(["## Reward ablation", "", *format_markdown(table)])
@@ -394,7 +395,7 @@ def _paired_lines(results: Dict[str, Any]) -> List[str]:
                 f"{_mean_se(diff.get(f'{m}_diff'), diff.get(f'{m}_diff_se'), diff.get(f'{m}_diff_ci'))} "
                 f"(wins {_fmt(diff.get(f'{m}_win_rate'))})"
                 for m in ("expected_clicks", "ndcg")])
-        lines += _table(["against", "expected_clicks", f"ndcg@{k}" if k else "ndcg"], rows)
+        lines += markdown_table(["against", "expected_clicks", f"ndcg@{k}" if k else "ndcg"], rows)
     return lines
 
 
@@ -415,7 +416,7 @@ def _reward_view_lines(results: Dict[str, Any]) -> List[str]:
                          _mean_se(diff.get("rm_page_diff"), diff.get("rm_page_diff_se")),
                          _mean_se(diff.get("rm_item_sum_diff"), diff.get("rm_item_sum_diff_se")),
                          _mean_se(truth.get("expected_clicks_diff"), truth.get("expected_clicks_diff_se"))])
-    return lines + _table(["pair", "reward model: page", "reward model: summed items", "simulator: expected clicks"],
+    return lines + markdown_table(["pair", "reward model: page", "reward model: summed items", "simulator: expected clicks"],
                           rows)
 
 
@@ -523,7 +524,7 @@ def _union_keys(dicts: Any) -> List[str]:
     return keys
 
 
-def _table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> List[str]:
+def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> List[str]:
     """A GitHub Markdown table, columns padded so it also reads in a terminal."""
     cells = [[_cell(c) for c in header]] + [[_cell(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
