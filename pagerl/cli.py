@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that run one stage of a recipe in its run directory (skipped when complete).
 _STAGE_COMMANDS = {
+    "rllib": "run only the RLlib baseline's stage: PPO over a candidate-scoring MLP in the simulator",
     "sft": "run only the SFT stage of a recipe",
     "rm": "run only the reward-model stage (uses the run's SFT policy when there is one, else builds its own)",
     "eval": "run only the evaluation stage: every policy in the run directory and eval.baselines",
@@ -141,11 +142,11 @@ def _eval_policy(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
         from pagerl import pipeline
-        from pagerl.sim.synth import synthesize
+        from pagerl.sim.synth import synthesize_recipe
 
         recipe = _load(args)
         out = Path(args.out) if args.out else pipeline.run_dir_of(recipe) / "data"
-        stats = synthesize(recipe.sim, recipe.run.seed, out, fmt=args.format)
+        stats = synthesize_recipe(recipe, out, fmt=args.format)
         print(json.dumps(pipeline.jsonable(stats), indent=2))
         return 0
     from pagerl.data.io import validate_file

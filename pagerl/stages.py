@@ -30,14 +30,16 @@ class RunContext:
     recipe: RecipeConfig
     run_dir: Path
     # Name -> directory of every policy the run's stages produced so far, in
-    # stage order (the last one is "the policy" for later stages).
+    # stage order (the last language-model one is "the policy" for later stages).
     policies: Dict[str, str] = field(default_factory=dict)
     outputs: Dict[str, Any] = field(default_factory=dict)
     _train_data: Any = None
 
     @property
     def policy_dir(self) -> Optional[str]:
-        return list(self.policies.values())[-1] if self.policies else None
+        """The last language-model policy: what rm and rl build on (an RLlib baseline's is none)."""
+        lm = [d for name, d in self.policies.items() if name not in STAGES or STAGES[name].policy_kind == "lm"]
+        return lm[-1] if lm else None
 
     def data_files(self, split: str) -> List[str]:
         """``data.<split>_files``, or what the synth stage writes into the run directory."""
@@ -69,6 +71,9 @@ class Stage:
     complete: Callable[[RunContext], bool]
     # The policy directory (relative to the run directory) this stage produces.
     policy: Optional[str] = None
+    # What that policy is: "lm" (a language model; the last one is what later stages build on)
+    # or another kind of pagerl.eval.policy_kinds.POLICY_KINDS, which the eval stage scores too.
+    policy_kind: str = "lm"
     uses_ray: bool = False
     # The line shown when the stage finished (or was already complete).
     headline: Callable[[RunContext], str] = lambda ctx: ""
@@ -112,10 +117,10 @@ def _record_data_stats(run_dir: Path, data: Any) -> None:
 
 def _synth_run(ctx: RunContext) -> Dict[str, Any]:
     from pagerl.pipeline import jsonable
-    from pagerl.sim.synth import synthesize
+    from pagerl.sim.synth import synthesize_recipe
 
     out = ctx.run_dir / "data"
-    stats = synthesize(ctx.recipe.sim, ctx.recipe.run.seed, out, progress=_synth_progress(ctx))
+    stats = synthesize_recipe(ctx.recipe, out, progress=_synth_progress(ctx))
     (out / "stats.json").write_text(json.dumps(jsonable(stats), indent=2))
     return stats
 
@@ -143,10 +148,44 @@ def _synth_headline(ctx: RunContext) -> str:
 
 register_stage(Stage(
     name="synth", summary="simulated logged impressions (train and held-out)",
-    reads=("sim.*",), writes="data",
+    reads=("sim.*", "env.*"), writes="data",
     run=_synth_run, complete=lambda ctx: (ctx.run_dir / "data" / "stats.json").is_file()
     and (ctx.run_dir / "data" / "synth.json").is_file(),
     headline=_synth_headline,
+))
+
+
+# ------------------------------------------------------------------ rllib
+
+
+def _rllib_run(ctx: RunContext) -> Dict[str, Any]:
+    from pagerl.eval.rllib_baseline import run_rllib_stage
+
+    return run_rllib_stage(ctx.recipe, ctx.run_dir)
+
+
+def _rllib_complete(ctx: RunContext) -> bool:
+    from pagerl.eval.policy_kinds import MANIFEST
+
+    return (ctx.run_dir / "rllib" / "policy" / MANIFEST).is_file() and (ctx.run_dir / "rllib" / "summary.json").is_file()
+
+
+def _rllib_headline(ctx: RunContext) -> str:
+    summary = _json(ctx.run_dir / "rllib" / "summary.json") or {}
+    first, last = summary.get("first") or {}, summary.get("last") or {}
+    if "reward_mean" not in last:
+        return ""
+    start = f"{first['reward_mean']:.3f} -> " if "reward_mean" in first else ""
+    return (f"PPO for {summary['iterations']} iterations: training pages' {summary['reward']} "
+            f"{start}{last['reward_mean']:.3f}")
+
+
+# Before the language-model stages, so each of their policies is compared with it in eval.
+register_stage(Stage(
+    name="rllib", summary="a non-LLM baseline: PPO (RLlib) over a candidate-scoring MLP, online in the simulator",
+    reads=("rllib.*", "the environment (sim.*, env.*)"), writes="rllib",
+    policy="rllib/policy", policy_kind="rllib_ppo", uses_ray=True,
+    run=_rllib_run, complete=_rllib_complete, headline=_rllib_headline,
 ))
 
 

@@ -111,6 +111,15 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
     assert f"{clicks['sft']:.3f} ± " in report  # the report's table shows it
     assert list((run_dir / "plots").glob("*.png")) and (run_dir / "plots" / "rl_curves.png").is_file()
     assert "## RL learning curves" in report
+    # the held-out curve inside RL (rl.eval_every): its last point is the eval stage's RL figure and
+    # its first the SFT policy's, on the same requests; it cost little of the RL time
+    curve = {r["step"]: r for r in rows if r["stage"] == "rl" and "eval/ndcg" in r}
+    assert min(curve) == 0 and max(curve) == steps, sorted(curve)
+    for step, method in ((steps, "rl"), (0, "sft")):
+        for metric in ("ndcg", "expected_clicks", "valid_rate"):
+            assert curve[step][f"eval/{metric}"] == pytest.approx(methods[method][metric], abs=1e-9), (step, metric)
+    assert sum(r["seconds_eval"] for r in curve.values()) < 0.05 * sum(r["step_s"] for r in rl)
+    assert "Held-out evaluation inside RL" in report and "## IPS on the run's own logs" in report
 
     # The same command again continues the run: every stage is complete, so each is
     # skipped, nothing is appended to the metrics, and the report is rewritten from the run dir.

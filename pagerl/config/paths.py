@@ -33,19 +33,28 @@ class PathKey:
 
     key: str
     many: bool = False
-    # "file", "dir" or "" (need not exist yet: the run creates it).
+    # "file", "dir", "any" (either) or "" (need not exist yet: the run creates it).
     must_exist: str = ""
     # Values that are names, not paths (``model.source: tiny``).
     names: tuple = ()
+    # Or a predicate saying which values are names (packaged models of model.source).
+    is_name: Optional[Callable[[str], bool]] = None
     # Resolve only when this returns True for the recipe (e.g. rewards.model_dir when set).
     when: Optional[Callable[[object], bool]] = None
+
+
+def _is_model_source_name(value: str) -> bool:
+    from pagerl.models.sources import is_source_name
+
+    return is_source_name(value)
 
 
 PATH_KEYS = (
     PathKey("run.output_dir"),
     PathKey("data.train_files", many=True, must_exist="file"),
     PathKey("data.eval_files", many=True, must_exist="file"),
-    PathKey("model.source", must_exist="dir", names=("tiny",)),
+    # tiny, a packaged model (pagerl.models.sources), a model directory or a .gguf file.
+    PathKey("model.source", must_exist="any", names=("tiny",), is_name=_is_model_source_name),
     # Filled by the rm stage of the same run when empty; a set one must exist
     # unless this run trains it.
     PathKey("rewards.model_dir", must_exist="dir",
@@ -74,7 +83,7 @@ def resolve_paths(recipe: object, where: Callable[[str], str], base: Optional[Pa
 
 
 def _resolve_one(spec: PathKey, value: str, recipe: object, base: Path, where: Callable[[str], str]) -> str:
-    if value in spec.names:
+    if value in spec.names or (spec.is_name is not None and spec.is_name(value)):
         return value
     if _URI.match(value):
         raise RecipeError(
@@ -87,6 +96,8 @@ def _resolve_one(spec: PathKey, value: str, recipe: object, base: Path, where: C
     check = spec.must_exist if (spec.when is None or spec.when(recipe)) else ""
     if check == "file" and not path.is_file():
         raise RecipeError(f"{where(spec.key)}: '{spec.key}': file not found: {value} (looked for {path})")
+    if check == "any" and not path.exists():
+        raise RecipeError(f"{where(spec.key)}: '{spec.key}': not found: {value} (looked for {path})")
     if check == "dir" and not path.is_dir():
         raise RecipeError(f"{where(spec.key)}: '{spec.key}': directory not found: {value} (looked for {path})")
     return str(path)

@@ -32,7 +32,7 @@ class RunConfig:
     output_dir: str = "runs"
     seed: int = 0
     # Stages run in order by ``pagerl run``: names in pagerl.stages.STAGES
-    # (synth, sft, rm, rl, eval). A stage whose output is already complete in
+    # (synth, rllib, sft, rm, rl, eval). A stage whose output is already complete in
     # the run directory is skipped.
     stages: List[str] = field(default_factory=lambda: ["synth", "sft", "eval"])
     # Re-use an existing run directory: skip complete stages and resume the
@@ -102,6 +102,41 @@ class SimConfig:
 
 
 @dataclass
+class ObpSlateConfig:
+    """The ``obp_slate`` environment (pagerl.envs.obp_slate): Open Bandit Pipeline's
+    synthetic slate bandit. Its world is fixed by ``run.seed`` (obp's random_state)."""
+
+    n_items: int = 10
+    page_size: int = 3
+    dim_context: int = 5
+    # obp's reward_structure: cascade_additive, cascade_decay, standard_additive, standard_decay.
+    reward_structure: str = "cascade_additive"
+    # obp's click model: "cascade", "pbm" or "none" (no position effect).
+    click_model: str = "cascade"
+    eta: float = 1.0
+    decay_function: str = "exponential"
+    # Labels "group <j mod categories>" the items carry as their category (no reward depends on them).
+    categories: int = 3
+    # Words of the request's query that show the context vector to the prompt: each
+    # dimension's N(0, 1) quantile bin out of this many (0: the prompt shows no context).
+    context_levels: int = 0
+
+
+@dataclass
+class EnvConfig:
+    """Which page environment (pagerl.envs) the synth stage draws logs from, the
+    ``simulator`` reward source scores with, and the eval stage scores by.
+
+    ``pagesim`` is configured by the ``sim`` section; every other environment
+    by its own section here. The request counts of the synth stage are
+    ``sim.num_train_requests`` and ``sim.num_eval_requests`` for any environment.
+    """
+
+    name: str = "pagesim"
+    obp_slate: ObpSlateConfig = field(default_factory=ObpSlateConfig)
+
+
+@dataclass
 class DataConfig:
     """Logged impressions: where they are read from and how bad rows are handled."""
 
@@ -138,9 +173,15 @@ class ModelConfig:
     """The policy model and its tokenizer."""
 
     # "tiny" builds a model from `tiny` with a tokenizer fitted locally to the
-    # training data; anything else is a path to a Hugging Face causal-LM dir
-    # (it must exist when the recipe loads).
+    # training data. Otherwise a pretrained causal LM, never downloaded
+    # (pagerl.models.sources): a packaged model by name
+    # (smollm2-135m-instruct) or as package:<python package>/<file>.gguf, a
+    # local Hugging Face model directory, or a local .gguf file.
     source: str = "tiny"
+    # Wrap each prompt in the tokenizer's chat template as one user turn,
+    # followed by the assistant header (the page is the assistant's answer).
+    # For instruct models; needs a pretrained source whose tokenizer has one.
+    chat_template: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     # sdpa | eager | flash_attention_2 (GPU with the `gpu` extra only)
     attn_implementation: str = "sdpa"
@@ -533,6 +574,59 @@ class RLConfig:
     # of the stage before rl in run.stages. The reference policy of the KL
     # term is this one too.
     init_policy_dir: str = ""
+    # Held-out evaluation inside RL (pagerl.rl.controller): every this many
+    # steps, after the last step and before the first, the rollout workers'
+    # synced policy lays out pages for the held-out requests as the eval
+    # stage decodes them (eval.decoding, eval.constrained, ...), scored by the
+    # simulator's ground truth as the eval stage scores them; logged as
+    # eval/<metric> of stage rl and timed as the phase "eval". 0: off.
+    eval_every: int = 0
+    # How many held-out requests: the first this many of the eval stage's
+    # files (data.eval_files or the synth stage's eval split, never RL's
+    # training requests); 0: eval.num_requests, the eval stage's own set.
+    eval_requests: int = 0
+
+
+@dataclass
+class RLlibConfig:
+    """The ``rllib`` stage: a non-LLM baseline trained online with RLlib's PPO
+    (pagerl.eval.rllib_baseline, docs/method.md "The RLlib baseline").
+
+    An MLP reads the visible features of a request (what the prompt shows,
+    flattened) and scores every candidate; the page is the K best-scored
+    candidates in score order. It learns from clicks the simulator draws
+    for its own pages, a privilege the language-model policy (trained from
+    logs and a reward model) does not have."""
+
+    # PPO iterations (each: sample train_batch_size pages, then num_epochs
+    # passes of minibatch_size-page minibatches). 10 x 2048 pages is the
+    # budget measured on the quickstart world (docs/method.md).
+    iterations: int = 10
+    train_batch_size: int = 2048
+    minibatch_size: int = 256
+    num_epochs: int = 6
+    lr: float = 1.0e-3
+    # The policy network: "candidate" (one MLP scores each candidate from its
+    # features, the mean over the request's candidates and the request's
+    # features: the same weights for every candidate) or "mlp" (RLlib's
+    # default module: one MLP over the whole flat observation, N scores out).
+    model: str = "candidate"
+    # Widths of the hidden layers of the scorer and of the value function (tanh).
+    hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
+    entropy_coeff: float = 0.0
+    # What a page earns in training: "clicks" (the clicks the simulated user
+    # makes on it) or "expected_clicks" (their exact expectation, no noise).
+    reward: str = "clicks"
+    # RLlib env runners (Ray actors) that sample pages; 0 samples in the
+    # driver. Each runs num_envs_per_env_runner environments in lock-step.
+    num_env_runners: int = 0
+    num_envs_per_env_runner: int = 16
+    # Moves the seed of training (initialisation, sampling, the training
+    # requests' stream) away from run.seed, as rl.seed does for the rl stage.
+    seed: int = 0
+    # Save the whole RLlib state every this many iterations; an interrupted
+    # stage resumes from the newest. 0: no checkpoints (a rerun starts over).
+    checkpoint_every: int = 10
 
 
 @dataclass
@@ -555,6 +649,19 @@ class EvalConfig:
     bootstrap_resamples: int = 2000
     # Coverage of every interval the evaluation and the ablation report.
     ci_level: float = 0.95
+    # Real logged clicks: the IPS estimate of the Bernoulli-TS policy's click
+    # rate from the Open Bandit Dataset sample's random campaign, beside the
+    # click rate BTS logged itself (pagerl.eval.obd_bts), in results.json and
+    # the report. Needs obp, the optional extra: pip install 'pagerl[obp]'.
+    obd_check: bool = False
+    # The OBD campaign of that check: all | men | women.
+    obd_campaign: str = "all"
+    # The run's own logged propensities: the IPS estimate, from the held-out
+    # logs, of the expected clicks per page of the logging policy at twice its
+    # temperature, beside its exact value in the simulator, and the mean
+    # importance weight (1 if the propensities are right; pagerl.eval.logs_ips
+    # says why not the uniform policy). Logs without propensities are skipped.
+    ips_check: bool = False
 
 
 @dataclass
@@ -622,6 +729,7 @@ class RecipeConfig:
 
     run: RunConfig = field(default_factory=RunConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -630,6 +738,7 @@ class RecipeConfig:
     rm: RMConfig = field(default_factory=RMConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    rllib: RLlibConfig = field(default_factory=RLlibConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -89,6 +89,21 @@ def _model_choices(r: RecipeConfig) -> Finding:
     )
 
 
+# A packaged model whose package is missing fails here, at load, naming the
+# install command, rather than in the SFT stage after synth has run.
+@rule
+def _model_source(r: RecipeConfig) -> Finding:
+    from pagerl.models.sources import ModelSourceError, resolve_source
+
+    try:
+        source = resolve_source(r.model.source)
+    except ModelSourceError as exc:
+        return "model.source", str(exc).removeprefix("model.source: ")
+    if r.model.chat_template and not source.pretrained:
+        return "model.chat_template", "the tiny model's word-level tokenizer has no chat template: set it false"
+    return None
+
+
 @rule
 def _tiny_shape(r: RecipeConfig) -> Finding:
     t = r.model.tiny
@@ -150,6 +165,22 @@ def _eval(r: RecipeConfig) -> Finding:
     if not 0.0 < e.ci_level < 1.0:
         return "eval.ci_level", f"expected a coverage strictly between 0 and 1 (e.g. 0.95), got {e.ci_level}"
     return _one_of("eval.decoding", e.decoding, ("greedy", "sample"))
+
+
+# The Open Bandit Dataset check reads the sample inside obp, an optional extra: a recipe that turns
+# it on without obp fails here, at load, not in the eval stage after every stage before it has run.
+@rule
+def _obd_check(r: RecipeConfig) -> Finding:
+    e = r.eval
+    finding = _one_of("eval.obd_campaign", e.obd_campaign, ("all", "men", "women"))
+    if finding or not e.obd_check:
+        return finding
+    import importlib.util
+
+    if importlib.util.find_spec("obp") is None:
+        return "eval.obd_check", ("is on, but obp is not installed (the Open Bandit Dataset sample ships inside "
+                                  "it): pip install 'pagerl[obp]' (obp==0.4.1), or set eval.obd_check=false")
+    return None
 
 
 def check_consistency(recipe: RecipeConfig, where: Callable[[str], str]) -> None:
@@ -329,9 +360,14 @@ def _rl(r: RecipeConfig) -> Finding:
                        ("rl.trainer.max_restarts", c.trainer.max_restarts)):
         if value < 0:
             return key, f"expected 0 or more restarts, got {value}"
-    for key in ("checkpoint_every", "stop_after_steps"):
+    for key in ("checkpoint_every", "stop_after_steps", "eval_every"):
         if getattr(c, key) < 0:
             return f"rl.{key}", f"expected 0 (off) or a positive number of steps, got {getattr(c, key)}"
+    if c.eval_requests < 0:
+        return "rl.eval_requests", f"expected 0 (eval.num_requests) or a positive count, got {c.eval_requests}"
+    if c.eval_every > 0 and "rl" in r.run.stages and "synth" not in r.run.stages and not r.data.eval_files:
+        return "rl.eval_every", ("the RL stage's held-out evaluation needs held-out requests: list files in "
+                                 "data.eval_files, add 'synth' to run.stages, or set rl.eval_every=0")
     from pagerl.rl.algorithms.off_policy import CORRECTIONS
 
     if c.off_policy.correction not in CORRECTIONS:
@@ -359,6 +395,32 @@ def _rl(r: RecipeConfig) -> Finding:
             key = text.split(":", 1)[0] if text.startswith("rl.") else "rl.algorithm"
             return key, text
     return None
+
+
+# The rllib stage: the non-LLM baseline trained with RLlib's PPO (pagerl.eval.rllib_baseline).
+@rule
+def _rllib(r: RecipeConfig) -> Finding:
+    from pagerl.envs.base import REWARDS
+
+    c = r.rllib
+    for key in ("iterations", "train_batch_size", "minibatch_size", "num_epochs", "num_envs_per_env_runner"):
+        if getattr(c, key) < 1:
+            return f"rllib.{key}", f"expected at least 1, got {getattr(c, key)}"
+    if c.minibatch_size > c.train_batch_size:
+        return "rllib.minibatch_size", (f"expected at most rllib.train_batch_size ({c.train_batch_size}) pages, "
+                                        f"got {c.minibatch_size}")
+    if not c.lr > 0:
+        return "rllib.lr", f"expected a positive learning rate, got {c.lr}"
+    if not c.hidden_sizes or min(int(h) for h in c.hidden_sizes) < 1:
+        return "rllib.hidden_sizes", f"expected one or more layer widths, each at least 1, got {list(c.hidden_sizes)}"
+    if c.entropy_coeff < 0:
+        return "rllib.entropy_coeff", f"expected 0 or more, got {c.entropy_coeff}"
+    for key in ("num_env_runners", "seed", "checkpoint_every"):
+        if getattr(c, key) < 0:
+            return f"rllib.{key}", f"expected 0 or more, got {getattr(c, key)}"
+    from pagerl.eval.rllib_baseline import MODELS
+
+    return _one_of("rllib.reward", c.reward, REWARDS) or _one_of("rllib.model", c.model, tuple(sorted(MODELS)))
 
 
 # Keys a variant of an ablation may not set: the budget every variant shares, and the seed,
@@ -416,3 +478,44 @@ def _tracking(r: RecipeConfig) -> Finding:
             f"http://host:5000), or empty for a store in the run directory; got {uri!r} (Ray Train workers "
             "start in another directory, so a relative path would point elsewhere)")
     return _one_of("tracking.wandb_mode", t.wandb_mode, WANDB_MODES)
+
+
+@rule
+def _env(r: RecipeConfig) -> Finding:
+    """The environment exists, and obp_slate's settings are ones obp and its exact scorer take."""
+    import importlib.util
+
+    from pagerl.envs import ENVIRONMENTS
+    from pagerl.envs.obp_slate import CLICK_MODELS, INSTALL_HINT, MAX_CASCADE_PAGE_SIZE, REWARD_STRUCTURES
+
+    found = _one_of("env.name", r.env.name, tuple(sorted(ENVIRONMENTS)))
+    if found or r.env.name != "obp_slate":
+        return found
+    c = r.env.obp_slate
+    if importlib.util.find_spec("obp") is None:
+        return "env.name", f"'obp_slate' needs the obp package, which is not installed: {INSTALL_HINT}"
+    models = tuple("none" if m is None else m for m in CLICK_MODELS)
+    checks = (
+        _one_of("env.obp_slate.reward_structure", c.reward_structure, REWARD_STRUCTURES),
+        _one_of("env.obp_slate.click_model", c.click_model, models),
+    )
+    for found in checks:
+        if found:
+            return found
+    if not 2 <= c.n_items <= min(127, r.model.max_candidates):
+        return "env.obp_slate.n_items", (
+            f"expected 2..{min(127, r.model.max_candidates)} (obp stores items as int8, and every item is a "
+            f"candidate, which needs an index token: model.max_candidates={r.model.max_candidates}), got {c.n_items}"
+        )
+    if not 1 <= c.page_size <= c.n_items:
+        return "env.obp_slate.page_size", f"must be between 1 and env.obp_slate.n_items ({c.n_items}), got {c.page_size}"
+    if c.click_model == "cascade" and c.page_size > MAX_CASCADE_PAGE_SIZE:
+        return "env.obp_slate.page_size", (
+            f"at most {MAX_CASCADE_PAGE_SIZE} with click_model 'cascade' (the exact scorer enumerates "
+            f"2^(K-1) click histories), got {c.page_size}")
+    if c.dim_context < 1 or c.categories < 1:
+        key = "dim_context" if c.dim_context < 1 else "categories"
+        return f"env.obp_slate.{key}", f"must be >= 1, got {getattr(c, key)}"
+    if c.context_levels < 0 or c.context_levels == 1:
+        return "env.obp_slate.context_levels", f"expected 0 (no context in the prompt) or >= 2, got {c.context_levels}"
+    return None

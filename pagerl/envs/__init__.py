@@ -26,7 +26,7 @@ shows, as arrays), :mod:`~pagerl.envs.registry` (names and gymnasium ids),
 from pagerl.envs.base import REWARDS, InvalidPageError, PageEnv, PageSpace
 from pagerl.envs.features import FIELDS, VisibleFeatures
 from pagerl.envs.pagesim import GYM_ID, PageSimEnv
-from pagerl.envs.registry import ENVIRONMENTS, make_env, register_env
+from pagerl.envs.registry import ENVIRONMENTS, env_from_recipe, make_env, register_env
 
 # Safe without obp: the module imports obp only when an ObpSlateEnv is built,
 # and then raises an ImportError that says how to install it.
@@ -43,6 +43,7 @@ __all__ = [
     "PageSpace",
     "REWARDS",
     "VisibleFeatures",
+    "env_from_recipe",
     "make_env",
     "register_env",
 ]

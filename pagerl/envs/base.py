@@ -27,7 +27,8 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from pagerl.data.types import Request
+from pagerl.data.types import ItemFeedback, Request
+from pagerl.sim.simulator import PageScore, dcg_discounts, ideal_dcg
 
 Observation = Dict[str, np.ndarray]
 
@@ -108,6 +109,12 @@ class PageEnv(gymnasium.Env, metaclass=ABCMeta):
     """
 
     metadata: Dict[str, Any] = {"render_modes": []}
+    # The seed that fixed the environment's world (not its episodes): streams derived
+    # from the world, such as a baseline's tuning requests, start from it.
+    world_seed: int = 0
+    # Observation fields with one row per candidate (axis 0 is the candidate, in prompt
+    # order); the others describe the request. Policies that score candidates read it.
+    candidate_fields: Tuple[str, ...] = ()
 
     def __init__(
         self, num_candidates: int, page_size: int, observation_space: spaces.Dict, reward: str = "clicks"
@@ -151,6 +158,84 @@ class PageEnv(gymnasium.Env, metaclass=ABCMeta):
         ``"slot_clicks"`` (expected clicks per slot, length K, summing to it),
         and raises :class:`InvalidPageError` for a page that is not valid."""
         return None
+
+    # ------------------------------- what the synth, reward and eval stages call
+    # The simulator's own method names and signatures (pagerl.sim.Simulator), so
+    # every stage takes any environment. Built from the primitives above; an
+    # environment that knows more (pagesim) overrides them with its own.
+    def check_request(self, request: Request) -> None:
+        """Raise ValueError when ``request`` cannot come from this environment
+        (the eval stage checks held-out data before any generation)."""
+        self._check_request(request)
+
+    def logging_page(self, request: Request, rng: np.random.Generator) -> Tuple[List[str], float]:
+        """A page of the environment's logging (behaviour) policy and its exact probability:
+        what the synth stage logs. An environment without one cannot synthesize logs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no logging policy, so it cannot synthesize logged data (synth stage)"
+        )
+
+    def sample_feedback(
+        self, request: Request, page: Sequence[str], rng: np.random.Generator
+    ) -> Tuple[List[ItemFeedback], Dict[str, float]]:
+        """One visit of a valid page as logged feedback: a click per slot (from
+        :meth:`sample_clicks`) and the page outcome (no purchases or GMV here)."""
+        self.action_of(request, page)  # refuses a page that is not one
+        clicks = np.asarray(self.sample_clicks(request, page, rng), dtype=np.int64)
+        feedback = [ItemFeedback(item_id=iid, click=int(c)) for iid, c in zip(page, clicks)]
+        return feedback, {"gmv": 0.0, "clicks": float(clicks.sum()), "purchases": 0.0}
+
+    def true_relevance(self, request: Request) -> Optional[Dict[str, float]]:
+        """Each candidate's click probability when examined, without page effects (the
+        gains of NDCG), or None where the environment has no such notion."""
+        return None
+
+    def oracle_page(self, request: Request) -> List[str]:
+        """The page with the most expected clicks (the ceiling of the evaluation)."""
+        raise NotImplementedError(f"{type(self).__name__} has no oracle page")
+
+    def random_page(self, request: Request, rng: np.random.Generator) -> List[str]:
+        """K distinct candidates uniformly at random, in random order."""
+        picks = rng.choice(len(request.candidates), size=request.page_size, replace=False)
+        return [request.candidates[j].item_id for j in picks]
+
+    def score_page(self, request: Request, page: Sequence[str], k: Optional[int] = None) -> PageScore:
+        """Exact metrics of a page, as :meth:`pagerl.sim.Simulator.score_page` gives them: an
+        invalid page scores zero with ``valid`` False and the reason; NDCG@k by
+        :meth:`true_relevance` (None without it); diversity is the share of distinct
+        categories on the page; GMV and redundancy are :meth:`score`'s when it has them."""
+        if not self.has_exact_scorer:
+            raise NotImplementedError(f"{type(self).__name__} has no exact scorer: its pages cannot be evaluated")
+        try:
+            scored = self.score(request, list(page))
+        except InvalidPageError as err:
+            return PageScore(0.0, 0.0, 0.0, 0.0, 0.0, valid=False, reason=str(err))
+        ndcg = None
+        relevance = self.true_relevance(request)
+        if relevance is not None:
+            cutoff = request.page_size if k is None else int(k)
+            dcg = sum(relevance[iid] * d for iid, d in zip(page[:cutoff], dcg_discounts(cutoff)))
+            ndcg = dcg / ideal_dcg(np.asarray(list(relevance.values())), cutoff)
+        category = {c.item_id: c.category for c in request.candidates}
+        return PageScore(
+            expected_clicks=float(scored["expected_clicks"]),
+            expected_gmv=scored.get("expected_gmv"),
+            ndcg=ndcg,
+            diversity=len({category[iid] for iid in page}) / len(page),
+            redundancy=scored.get("redundancy"),
+            valid=True,
+        )
+
+    def score_pages(self, request: Request, pages: Sequence[Sequence[str]], k: Optional[int] = None) -> List[PageScore]:
+        """:meth:`score_page` of many pages of one request."""
+        return [self.score_page(request, page, k) for page in pages]
+
+    def expected_slot_clicks(self, request: Request, page: Sequence[str]) -> List[float]:
+        """Exact expected clicks of each slot of a valid page: the item-level ground truth."""
+        scored = self.score(request, list(page))
+        if scored is None:
+            raise NotImplementedError(f"{type(self).__name__} has no exact scorer")
+        return [float(v) for v in scored["slot_clicks"]]
 
     @property
     def has_exact_scorer(self) -> bool:

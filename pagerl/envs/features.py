@@ -40,6 +40,8 @@ FIELDS: Dict[str, str] = {
     "title_similarity": "(N, N) Jaccard overlap of two candidates' title words, 0 on the diagonal",
     "has_query": "(1,) 1.0 when the request has a query",
 }
+# The fields with one row per candidate (all but has_query).
+CANDIDATE_FIELDS = tuple(key for key in FIELDS if key != "has_query")
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from statistics import NormalDist
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -114,6 +115,9 @@ class ObpSlateEnv(PageEnv):
     returns 0.5 for every slot of every slate, so no page would matter.
     """
 
+    # The context vector describes the request; the action context has a row per candidate.
+    candidate_fields = ("action_context",)
+
     def __init__(
         self,
         n_items: int = 10,
@@ -126,6 +130,7 @@ class ObpSlateEnv(PageEnv):
         categories: int = 3,
         seed: int = 12345,
         reward: str = "clicks",
+        context_levels: int = 0,
     ) -> None:
         if reward_structure == "independent":
             raise ValueError(
@@ -149,7 +154,14 @@ class ObpSlateEnv(PageEnv):
             )
         if int(categories) < 1:
             raise ValueError(f"ObpSlateEnv: categories must be >= 1, got {categories!r}")
+        if int(context_levels) < 0 or int(context_levels) == 1:
+            raise ValueError(f"ObpSlateEnv: context_levels must be 0 (no context in the query) or >= 2, "
+                             f"got {context_levels!r}")
+        # Level k of a context value: how many of the N(0, 1) quantiles k/L (k = 1..L-1) it reaches.
+        self.context_edges = [NormalDist().inv_cdf(k / int(context_levels)) for k in range(1, int(context_levels))]
+        self.context_levels = int(context_levels)
         self._obp = _import_obp()
+        self.world_seed = int(seed)
         self.reward_structure = reward_structure
         self.dataset = self._obp.SyntheticSlateBanditDataset(
             n_unique_action=int(n_items),
@@ -189,7 +201,17 @@ class ObpSlateEnv(PageEnv):
             user=User(user_id=f"context-of-{request_id}", features=[float(v) for v in context]),
             candidates=list(self.items),
             page_size=self.page_size,
+            query=self.context_query(context),
         )
+
+    def context_query(self, context: Sequence[float]) -> Optional[str]:
+        """The words that show the context vector to a prompt, which shows no user
+        features: ``"x<d> q<level>"`` per dimension, the level being the value's
+        N(0, 1) quantile bin out of ``context_levels`` (None with 0 levels)."""
+        if not self.context_levels:
+            return None
+        levels = np.searchsorted(np.asarray(self.context_edges), np.asarray(context, dtype=np.float64), side="right")
+        return " ".join(f"x{d} q{int(level)}" for d, level in enumerate(levels))
 
     def observe(self, request: Request) -> Observation:
         one_hot = np.eye(self.num_candidates, dtype=np.float32)
@@ -213,8 +235,43 @@ class ObpSlateEnv(PageEnv):
     def score(self, request: Request, item_ids: Sequence[str]) -> Dict[str, Any]:
         """``expected_clicks`` and ``slot_clicks``: the exact expectation of :meth:`sample_clicks`."""
         self.action_of(request, item_ids)  # refuses a page that is not one
-        slots = self.expected_slot_clicks(self.slot_rewards(request, [self._actions_of(request, item_ids)]))[0]
+        slots = self.cascade_expectation(self.slot_rewards(request, [self._actions_of(request, item_ids)]))[0]
         return {"expected_clicks": float(slots.sum()), "slot_clicks": slots}
+
+    # --------------------------------------------- what the stages call (PageEnv)
+    @classmethod
+    def from_recipe(cls, recipe: Any, **kwargs: Any) -> "ObpSlateEnv":
+        """The environment of a recipe's ``env.obp_slate`` section, its world fixed by ``run.seed``."""
+        c = recipe.env.obp_slate
+        return cls(
+            n_items=int(c.n_items), page_size=int(c.page_size), dim_context=int(c.dim_context),
+            reward_structure=str(c.reward_structure), click_model=None if c.click_model == "none" else str(c.click_model),
+            eta=float(c.eta), decay_function=str(c.decay_function), categories=int(c.categories),
+            context_levels=int(c.context_levels), seed=int(recipe.run.seed), **kwargs,
+        )
+
+    def check_request(self, request: Request) -> None:
+        super().check_request(request)
+        self.context_of(request)
+        self._actions_of(request, request.candidates)
+        if request.query != self.context_query(self.context_of(request)):
+            raise ValueError(f"request {request.request_id!r}: its query {request.query!r} is not the context words "
+                             f"this obp_slate environment shows (env.obp_slate.context_levels={self.context_levels})")
+
+    def logging_page(self, request: Request, rng: np.random.Generator) -> Tuple[List[str], float]:
+        return self.behavior_page(request, rng)
+
+    def oracle_page(self, request: Request) -> List[str]:
+        return self.best_page(request)[0]
+
+    def true_relevance(self, request: Request) -> Dict[str, float]:
+        """obp's base reward of each item for the request's context: its click probability
+        at the first slot with no other item on the page (no interaction effects)."""
+        base = self.dataset.base_reward_function(
+            context=self.context_of(request)[None, :], action_context=self.dataset.action_context,
+            random_state=self.dataset.random_state,
+        )[0]
+        return {c.item_id: float(base[j]) for c, j in zip(request.candidates, self._actions_of(request, request.candidates))}
 
     # ------------------------------------------------------------- obp's model
     def context_of(self, request: Request) -> np.ndarray:
@@ -246,7 +303,7 @@ class ObpSlateEnv(PageEnv):
             )
         return np.asarray(rewards, dtype=np.float64) * self.dataset.exam_weight
 
-    def expected_slot_clicks(self, rewards: np.ndarray) -> np.ndarray:
+    def cascade_expectation(self, rewards: np.ndarray) -> np.ndarray:
         """``[M, K]`` exact expected clicks per slot from :meth:`slot_rewards`, summing over the
         click histories above each slot (one history when the click model has no cascade discount)."""
         attractiveness = np.asarray(self.dataset.attractiveness, dtype=np.float64)
@@ -275,7 +332,7 @@ class ObpSlateEnv(PageEnv):
                 f"the {MAX_EXHAUSTIVE_PAGES} it scores exhaustively"
             )
         pages = np.array(list(itertools.permutations(range(self.num_candidates), self.page_size)), dtype=np.int64)
-        totals = self.expected_slot_clicks(self.slot_rewards(request, pages)).sum(axis=1)
+        totals = self.cascade_expectation(self.slot_rewards(request, pages)).sum(axis=1)
         best = int(np.argmax(totals))
         return [self.items[j].item_id for j in pages[best]], float(totals[best])
 

@@ -9,16 +9,22 @@ the synth, reward and eval stages give it; this module only adapts them to
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from pagerl.config.schema import SimConfig
-from pagerl.data.types import Request
+from pagerl.data.types import ItemFeedback, Request
 from pagerl.envs.base import InvalidPageError, Observation, PageEnv
-from pagerl.envs.features import DEFAULT_MAX_HISTORY_ITEMS, DEFAULT_PRICE_BUCKET_EDGES, VisibleFeatures
+from pagerl.envs.features import (
+    CANDIDATE_FIELDS,
+    DEFAULT_MAX_HISTORY_ITEMS,
+    DEFAULT_PRICE_BUCKET_EDGES,
+    VisibleFeatures,
+)
 from pagerl.envs.registry import register_env
 from pagerl.sim import Simulator, World
+from pagerl.sim.simulator import PageScore
 from pagerl.sim.world import QUALITY_WORDS
 
 GYM_ID = "pagerl/PageSim-v0"
@@ -93,6 +99,43 @@ class PageSimEnv(PageEnv):
         expected = {key: value for key, value in score.to_dict().items() if key not in ("valid", "reason")}
         expected["slot_clicks"] = np.asarray(self.simulator.expected_slot_clicks(request, item_ids), dtype=np.float64)
         return expected
+
+
+    candidate_fields = CANDIDATE_FIELDS
+
+    @property
+    def world_seed(self) -> int:  # type: ignore[override]
+        return self.simulator.world_seed
+
+    # The stages' calls go straight to the simulator: its numbers, its vectorised paths.
+    def check_request(self, request: Request) -> None:
+        self.simulator.resolve(request)
+
+    def logging_page(self, request: Request, rng: np.random.Generator) -> Tuple[List[str], float]:
+        return self.simulator.logging_page(request, rng)
+
+    def sample_feedback(
+        self, request: Request, page: Sequence[str], rng: np.random.Generator
+    ) -> Tuple[List[ItemFeedback], Dict[str, float]]:
+        return self.simulator.sample_feedback(request, page, rng)
+
+    def true_relevance(self, request: Request) -> Dict[str, float]:
+        return self.simulator.true_relevance(request)
+
+    def oracle_page(self, request: Request) -> List[str]:
+        return self.simulator.oracle_page(request)
+
+    def random_page(self, request: Request, rng: np.random.Generator) -> List[str]:
+        return self.simulator.random_page(request, rng)
+
+    def score_page(self, request: Request, page: Sequence[str], k: Optional[int] = None) -> PageScore:
+        return self.simulator.score_page(request, page, k)
+
+    def score_pages(self, request: Request, pages: Sequence[Sequence[str]], k: Optional[int] = None) -> List[PageScore]:
+        return self.simulator.score_pages(request, pages, k)
+
+    def expected_slot_clicks(self, request: Request, page: Sequence[str]) -> List[float]:
+        return self.simulator.expected_slot_clicks(request, page)
 
 
 register_env("pagesim", PageSimEnv, gym_id=GYM_ID)

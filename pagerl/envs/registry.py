@@ -37,3 +37,17 @@ def register_env(name: str, factory: EnvFactory, gym_id: Optional[str] = None) -
 def make_env(name: str, **kwargs) -> PageEnv:
     """A new environment ``name`` built with ``kwargs``; ValueError listing the known names otherwise."""
     return lookup(ENVIRONMENTS, name)(**kwargs)
+
+
+def env_from_recipe(recipe, **kwargs) -> PageEnv:
+    """The environment ``env.name`` of a recipe, built by its ``from_recipe`` (``pagesim`` from
+    ``sim.*``, the others from their ``env.<name>`` section), its world fixed by ``run.seed``:
+    the one the synth stage logs from, the ``simulator`` reward source scores with and the
+    eval stage scores by."""
+    name = str(recipe.env.name)
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"env.name: expected one of {', '.join(sorted(ENVIRONMENTS))}, got {name!r}")
+    factory = ENVIRONMENTS[name]
+    if not hasattr(factory, "from_recipe"):
+        raise ValueError(f"env.name: environment {name!r} cannot be built from a recipe (its factory has no from_recipe)")
+    return factory.from_recipe(recipe, **kwargs)

@@ -60,7 +60,7 @@ def shared_stages(recipe: Any) -> Tuple[List[str], str]:
     if "rl" not in names:
         raise AblationError(f"run.stages: an ablation trains the rl stage; expected 'rl' in run.stages, got {names}")
     shared = names[: names.index("rl")]
-    policies = [s for s in shared if STAGES[s].policy is not None]
+    policies = [s for s in shared if STAGES[s].policy is not None and STAGES[s].policy_kind == "lm"]
     if not policies:
         raise AblationError(f"run.stages: an ablation compares RL variants with the policy they start from; "
                             f"expected a policy stage (such as 'sft') before 'rl', got {names}")
@@ -78,6 +78,8 @@ def variant_overrides(recipe: Any, base_dir: Path, start: str, variant: str, see
         f"rl.seed={seed}",
         f"rl.init_policy_dir={json.dumps(str(base_dir / STAGES[start].policy))}",
         "eval.baselines=[]",  # the baselines were scored once, in the recipe's own run directory
+        # so were the IPS checks of the logs, which no variant changes
+        "eval.obd_check=false", "eval.ips_check=false",
     ]
     for split in ("train", "eval"):
         if not getattr(recipe.data, f"{split}_files"):

@@ -2,7 +2,8 @@
 
 Every method (the learned policy and the reference policies of
 :mod:`pagerl.eval.baselines`) lays out one page per held-out request; each
-page is scored by :meth:`pagerl.sim.simulator.Simulator.score_page`, which
+page is scored by the environment's ``score_page`` (``pagesim``:
+:meth:`pagerl.sim.simulator.Simulator.score_page`), which
 computes expectations under the simulator's ground truth (no sampling noise
 in the metric itself). A method's number is the mean over requests, with its
 standard error over requests (sample standard deviation / sqrt(n)) and a
@@ -37,18 +38,19 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from pagerl.data.io import read_impressions
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
-from pagerl.eval.baselines import BASELINES, baseline_rng
+from pagerl.eval.baselines import BASELINE_ENVS, BASELINES, baseline_rng
+from pagerl.eval.policy_kinds import saved_policy_pages
 from pagerl.eval.reward_view import reward_model_dir, reward_model_view
 from pagerl.eval.stats import Bootstrap, mean_se
-from pagerl.sim.simulator import PageScore, Simulator
-from pagerl.sim.world import World
+from pagerl.envs import PageEnv, env_from_recipe
+from pagerl.sim.simulator import PageScore
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 
@@ -71,9 +73,9 @@ class EvalError(PageRLError, ValueError):
 
 
 def score_method(
-    pages: Sequence[Page], requests: Sequence[Request], sim: Simulator, k: Optional[int] = None
+    pages: Sequence[Page], requests: Sequence[Request], sim: PageEnv, k: Optional[int] = None
 ) -> List[PageScore]:
-    """The simulator's exact score of each page (``None``: an invalid "no page")."""
+    """The environment's exact score of each page (``None``: an invalid "no page")."""
     if len(pages) != len(requests):
         raise ValueError(f"{len(pages)} pages for {len(requests)} requests: expected one page per request")
     scores = []
@@ -102,6 +104,12 @@ def aggregate(scores: Sequence[PageScore], bootstrap: Optional[Bootstrap] = None
             values = [getattr(s, name) for s in valid]
         else:
             values = [getattr(s, name) for s in scores]
+        if any(v is None for v in values):
+            # The environment has no such quantity (pagerl.envs: no prices, say).
+            out[name] = out[f"{name}_se"] = None
+            if bootstrap is not None:
+                out[f"{name}_ci"] = None
+            continue
         out[name], out[f"{name}_se"] = mean_se(values)
         if bootstrap is not None:
             out[f"{name}_ci"] = bootstrap.ci(values)
@@ -126,7 +134,13 @@ def paired_differences(learned: Sequence[PageScore], baseline: Sequence[PageScor
         raise ValueError(f"paired comparison of {len(learned)} and {len(baseline)} scores: expected one per request")
     out: Dict[str, Any] = {}
     for name in PAIRED_METRICS:
-        diff = [getattr(a, name) - getattr(b, name) for a, b in zip(learned, baseline)]
+        pairs = [(getattr(a, name), getattr(b, name)) for a, b in zip(learned, baseline)]
+        if any(x is None or y is None for x, y in pairs):
+            out.update({f"{name}_diff": None, f"{name}_diff_se": None, f"{name}_win_rate": None})
+            if bootstrap is not None:
+                out[f"{name}_diff_ci"] = None
+            continue
+        diff = [x - y for x, y in pairs]
         out[f"{name}_diff"], out[f"{name}_diff_se"] = mean_se(diff)
         if bootstrap is not None:
             out[f"{name}_diff_ci"] = bootstrap.ci(diff)
@@ -137,7 +151,7 @@ def paired_differences(learned: Sequence[PageScore], baseline: Sequence[PageScor
 def evaluate(
     policies: Mapping[str, Sequence[Page]],
     requests: Sequence[Request],
-    sim: Simulator,
+    sim: PageEnv,
     k: Optional[int] = None,
 ) -> Dict[str, Dict[str, Any]]:
     """``{method: aggregate(...)}`` for each method's pages (one per request, None = no page).
@@ -165,13 +179,14 @@ class MethodPages:
     notes: List[str] = field(default_factory=list)
 
 
-def heldout_requests(recipe: Any, run_dir: Path) -> List[Request]:
-    """The first ``eval.num_requests`` requests (0: all) of the eval data files.
+def heldout_requests(recipe: Any, run_dir: Path, limit: Optional[int] = None) -> List[Request]:
+    """The first ``eval.num_requests`` requests (0: all) of the eval data files, or the first
+    ``limit`` (0: ``eval.num_requests``) when given (the RL stage's ``rl.eval_requests``).
 
     Files: ``data.eval_files``, or ``<run_dir>/data/eval.jsonl`` (what the
     synth stage writes) when that list is empty.
     """
-    files = list(recipe.data.eval_files) or [str(Path(run_dir) / "data" / "eval.jsonl")]
+    files = heldout_files(recipe, run_dir)
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         key = "data.eval_files" if recipe.data.eval_files else "the synth stage's output"
@@ -179,15 +194,40 @@ def heldout_requests(recipe: Any, run_dir: Path) -> List[Request]:
     loaded = read_impressions(files, on_bad_row=recipe.data.on_bad_row,
                               max_bad_fraction=recipe.data.max_bad_fraction)
     print(f"[eval] {loaded.summary}", flush=True)
-    limit = int(recipe.eval.num_requests)
+    key = "eval.num_requests" if not limit else "rl.eval_requests"
+    limit = int(limit or recipe.eval.num_requests)
     if limit < 0:
-        raise EvalError(f"eval.num_requests: expected 0 (all) or a positive count, got {limit}")
+        raise EvalError(f"{key}: expected 0 (all) or a positive count, got {limit}")
     requests = [imp.request for imp in loaded.impressions]
     if limit:
         requests = requests[:limit]
     if not requests:
         raise EvalError(f"{', '.join(files)}: no held-out requests to evaluate")
     return requests
+
+
+def heldout_files(recipe: Any, run_dir: Path) -> List[str]:
+    """``data.eval_files``, or ``<run_dir>/data/eval.jsonl`` (the synth stage's eval split)."""
+    return list(recipe.data.eval_files) or [str(Path(run_dir) / "data" / "eval.jsonl")]
+
+
+def obd_figures(recipe: Any) -> Dict[str, Any]:
+    """``eval.obd_check``: BTS's click rate by IPS on the OBD sample's random campaign beside the
+    rate BTS logged (:func:`pagerl.eval.obd_bts.bts_check`), at ``eval.ci_level``."""
+    from pagerl.eval.obd_bts import bts_check, bts_check_figures
+
+    return bts_check_figures(bts_check(str(recipe.eval.obd_campaign), level=float(recipe.eval.ci_level)))
+
+
+def logs_ips_figures(recipe: Any, run_dir: Path, sim: PageEnv) -> Dict[str, Any]:
+    """``eval.ips_check``: a related policy's expected clicks by IPS on every held-out logged
+    impression beside its exact value (:func:`pagerl.eval.logs_ips.tempered_logging_check`)."""
+    from pagerl.eval.logs_ips import tempered_logging_check
+
+    files = heldout_files(recipe, run_dir)
+    loaded = read_impressions(files, on_bad_row=recipe.data.on_bad_row, max_bad_fraction=recipe.data.max_bad_fraction)
+    return {"files": files, **tempered_logging_check(loaded.impressions, sim, int(recipe.run.seed),
+                                                     float(recipe.eval.ci_level))}
 
 
 def policy_pages(recipe: Any, model_dir: str, requests: Sequence[Request]) -> MethodPages:
@@ -211,17 +251,37 @@ def policy_pages(recipe: Any, model_dir: str, requests: Sequence[Request]) -> Me
             f"{model_dir}: the tokenizer has {len(tokenizer)} tokens but the model only {rows} embeddings; "
             "was the tokenizer saved with this checkpoint?"
         )
-    e = recipe.eval
     progress = Progress("eval", total=len(requests), every_s=recipe.tracking.progress_every_s)
     generated: List[Any] = []
-    # Chunks of batch_size only to report progress; each chunk has its own
-    # seed so the pages do not depend on how far another chunk sampled.
-    for start in range(0, len(requests), e.batch_size):
-        chunk = list(requests[start : start + e.batch_size])
-        generated.extend(generate_pages(model, tokenizer, chunk, greedy=e.decoding == "greedy",
-                                        temperature=e.temperature, constrained=e.constrained,
-                                        batch_size=e.batch_size, seed=recipe.run.seed + start))
+    for chunk, seed in decoding_chunks(recipe, requests):
+        generated.extend(generate_pages(model, tokenizer, chunk, seed=seed, **decoding_options(recipe)))
         progress.update(len(generated))
+    return learned_pages(generated)
+
+
+# The RL stage's periodic evaluation (pagerl.rl.controller) decodes and scores with these too, on
+# the rollout workers' synced weights, so its last point is this stage's number for the RL policy.
+
+
+def decoding_options(recipe: Any) -> Dict[str, Any]:
+    """The keyword arguments of :func:`pagerl.models.generate.generate_pages` that ``eval.*`` sets."""
+    e = recipe.eval
+    return {"greedy": e.decoding == "greedy", "temperature": float(e.temperature),
+            "constrained": bool(e.constrained), "batch_size": int(e.batch_size)}
+
+
+def decoding_chunks(recipe: Any, requests: Sequence[Request]) -> List[Tuple[List[Request], int]]:
+    """``requests`` in chunks of ``eval.batch_size``, each with its own seed (``run.seed`` + its
+    offset), so a chunk's pages depend neither on how far another chunk sampled nor on which
+    process decodes it. (A chunk is one call of ``generate_pages``, which batches by prompt length.)"""
+    size = int(recipe.eval.batch_size)
+    return [(list(requests[start:start + size]), int(recipe.run.seed) + start)
+            for start in range(0, len(requests), size)]
+
+
+def learned_pages(generated: Sequence[Any]) -> MethodPages:
+    """A learned policy's generated pages for scoring: an invalid one (possible only with
+    ``eval.constrained: false``) becomes None, its parsed prefix and reason kept."""
     return MethodPages(
         pages=[list(g.item_ids) if g.valid else None for g in generated],
         generation=[{"items": list(g.item_ids), "valid": g.valid, "reason": g.reason, "detail": g.detail}
@@ -229,7 +289,18 @@ def policy_pages(recipe: Any, model_dir: str, requests: Sequence[Request]) -> Me
     )
 
 
-def baseline_pages(name: str, sim: Simulator, requests: Sequence[Request], seed: int,
+def eval_simulator(recipe: Any) -> PageEnv:
+    """The environment whose ground truth scores every page: ``env.name`` of the recipe,
+    its world fixed by ``run.seed`` (:func:`pagerl.envs.env_from_recipe`)."""
+    return env_from_recipe(recipe)
+
+
+def eval_k(recipe: Any) -> Optional[int]:
+    """The NDCG cut-off passed to ``score_page`` (None: the page size)."""
+    return int(recipe.eval.ndcg_k) or None
+
+
+def baseline_pages(name: str, sim: PageEnv, requests: Sequence[Request], seed: int,
                    every_s: float = 10.0) -> MethodPages:
     """Pages of one registered baseline, from its own random stream."""
     fn, rng = BASELINES[name], baseline_rng(seed, name)
@@ -256,6 +327,11 @@ def _check_methods(recipe: Any, policies: Mapping[str, str]) -> List[str]:
         raise EvalError(f"eval.baselines: unknown baseline(s) {unknown}; known: {', '.join(sorted(BASELINES))}")
     if len(set(names)) != len(names):
         raise EvalError(f"eval.baselines: a baseline is listed twice: {names}")
+    elsewhere = [b for b in names if b in BASELINE_ENVS and str(recipe.env.name) not in BASELINE_ENVS[b]]
+    if elsewhere:
+        raise EvalError(f"eval.baselines: {elsewhere} read hidden quantities of another environment "
+                        f"({', '.join(f'{b}: {BASELINE_ENVS[b]}' for b in elsewhere)}), "
+                        f"not of env.name={recipe.env.name!r}; drop them from eval.baselines")
     clash = sorted(set(policies) & set(names))
     if clash:
         raise EvalError(f"policy name {clash[0]!r} is also a baseline name in eval.baselines")
@@ -301,9 +377,10 @@ def run_eval_stage(
 ) -> Dict[str, Any]:
     """Evaluate each policy of ``policies`` (name -> saved policy dir) and ``eval.baselines``.
 
-    The simulator is rebuilt from ``(recipe.sim, recipe.run.seed)``, the world
-    the held-out data must come from (a request from another world is
-    refused by the simulator with a message saying so). ``step`` is the
+    The environment is rebuilt from the recipe (``env.name``, its section and
+    ``run.seed``: :func:`pagerl.envs.env_from_recipe`), the world the held-out
+    data must come from (a request from another world is refused with a
+    message saying so). ``step`` is the
     metrics step of the logged aggregates. Every learned policy is compared
     request by request with every baseline and with each policy made before
     it (``results["paired"][policy][other]``: policy minus other), so an RL
@@ -314,20 +391,27 @@ def run_eval_stage(
     learned = list(policies)
     baselines = _check_methods(recipe, policies)
     requests = heldout_requests(recipe, run_dir)
-    sim = Simulator(World.from_config(recipe.sim, recipe.run.seed))
-    for request in requests:
+    sim = eval_simulator(recipe)
+    for i, request in enumerate(requests):
         # Fails fast, before any generation, on data from another world.
-        sim.resolve(request)
-    k = int(recipe.eval.ndcg_k) or None
+        try:
+            sim.check_request(request)
+        except ValueError as err:
+            raise EvalError(f"held-out request {i} ({request.request_id!r}) is not one of the recipe's "
+                            f"environment (env.name={recipe.env.name!r}, run.seed={recipe.run.seed}): {err}") from err
+    k = eval_k(recipe)
 
     produced: Dict[str, MethodPages] = {}
     for name, model_dir in policies.items():
-        produced[name] = policy_pages(recipe, str(model_dir), requests)
+        # By the kind of policy the directory holds (pagerl.eval.policy_kinds): a language model, an RLlib module.
+        produced[name] = saved_policy_pages(recipe, str(model_dir), requests, sim)
     for name in baselines:
         produced[name] = baseline_pages(name, sim, requests, recipe.run.seed, recipe.tracking.progress_every_s)
     order = _method_order(baselines, learned)
     scores = {name: score_method(produced[name].pages, requests, sim, k=k) for name in order}
     for name in learned:
+        if not produced[name].generation:
+            continue  # a policy that is not generated text (an RLlib scorer) has no parser's reasons
         # A missing learned page is invalid for the parser's reason (duplicate, no_eos, ...).
         scores[name] = [
             dataclasses.replace(s, reason=g["reason"]) if page is None else s
@@ -365,6 +449,10 @@ def run_eval_stage(
         learned, {name: learned[:i] + baselines for i, name in enumerate(learned)},
         batch_size=recipe.rm.score_batch_size, dtype=recipe.model.dtype,
         attn_implementation=recipe.model.attn_implementation)
+    # Off-policy sanity checks: IPS estimates beside click rates known another way (report section
+    # "Real logged clicks (Open Bandit Dataset)" and "IPS on the run's own logs").
+    results["obd_check"] = obd_figures(recipe) if recipe.eval.obd_check else None
+    results["ips_check"] = logs_ips_figures(recipe, run_dir, sim) if recipe.eval.ips_check else None
 
     out = run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)

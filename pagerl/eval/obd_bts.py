@@ -113,3 +113,27 @@ def bts_check(
         "seed": int(seed),
     }
 
+
+
+def bts_check_figures(check: Dict[str, Any]) -> Dict[str, Any]:
+    """:func:`bts_check`'s result as JSON for ``eval/results.json`` (``results["obd_check"]``), with
+    the comparison the check is for: the IPS estimate minus the BTS campaign's on-policy click
+    rate, the standard error of that difference (the two samples are independent) and whether
+    the on-policy rate lies inside the estimate's interval."""
+    from pagerl.eval.logs_ips import estimate_dict
+
+    estimate, on_policy = check["bts_ips_on_random_log"], check["bts_on_policy"]
+    difference = estimate.value - on_policy.value
+    se = (estimate.se ** 2 + on_policy.se ** 2) ** 0.5 if estimate.se is not None and on_policy.se is not None else None
+    return {
+        "campaign": check["campaign"],
+        "random_on_policy": estimate_dict(check["random_on_policy"]),
+        "bts_ips_on_random_log": estimate_dict(estimate),
+        "bts_on_policy": estimate_dict(on_policy),
+        "bts_ips_relative_to_random": check["bts_ips_relative_to_random"],
+        "difference": difference,
+        "difference_se": se,
+        "on_policy_inside_ci": bool(estimate.ci is not None and estimate.ci[0] <= on_policy.value <= estimate.ci[1]),
+        "n_sim": check["n_sim"],
+        "seed": check["seed"],
+    }

@@ -2,8 +2,9 @@
 
 ``model.source: tiny`` builds a small Llama- or Qwen2-style causal LM from
 ``model.tiny``, sized to the tokenizer (CPU runs and CI); any other source is
-a local Hugging Face causal-LM directory, whose embeddings are resized to the
-tokenizer after the candidate index tokens were added. Checkpoints a run saved
+a pretrained causal LM (a local Hugging Face directory, a GGUF file, or a
+packaged model: :mod:`pagerl.models.sources`), whose embeddings are resized
+to the tokenizer after the candidate index tokens were added. Checkpoints a run saved
 are read back with :func:`load_policy` (safetensors only: no pickled weights
 are ever loaded).
 
@@ -30,6 +31,7 @@ from transformers import (
 
 from pagerl.errors import PageRLError
 from pagerl.models.candidates import enable_pointer
+from pagerl.models.sources import ModelSourceError, resolve_source
 from pagerl.tokenization.serialize import candidate_token_ids, response_marker_length
 
 
@@ -140,6 +142,20 @@ def _check_positions(config: PretrainedConfig, model_cfg: Any, key: str) -> None
         )
 
 
+def _forget_gguf(model: PreTrainedModel) -> None:
+    """A model read from a GGUF file holds plain dequantised weights, saved as such.
+
+    Transformers marks it as quantized (``quantization_config``: gguf), and
+    ``save_pretrained`` would write that into config.json, so that loading
+    the run's safetensors would ask for the GGUF file again.
+    """
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+
+
 def build_policy(model_cfg: Any, tokenizer: Any, seed: int) -> PreTrainedModel:
     """The policy to train: a fresh tiny model, or a local Hugging Face causal LM.
 
@@ -162,17 +178,19 @@ def build_policy(model_cfg: Any, tokenizer: Any, seed: int) -> PreTrainedModel:
         model = model.to(dtype)
         _check_positions(model.config, model_cfg, "model.tiny.max_position_embeddings")
     else:
-        if not Path(source).is_dir():
-            raise ModelBuildError(
-                f"model.source: {source!r} is neither 'tiny' nor a local model directory "
-                "(models are never downloaded at run time)"
-            )
+        try:
+            resolved = resolve_source(source)
+        except ModelSourceError as exc:
+            raise ModelBuildError(str(exc)) from exc
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                source, local_files_only=True, dtype=dtype, attn_implementation=attn
+                resolved.directory, dtype=dtype, attn_implementation=attn, **resolved.from_pretrained_kwargs()
             )
         except (OSError, ValueError) as exc:
             raise ModelBuildError(f"model.source: cannot load a causal LM from {source!r}: {exc}") from exc
+        if resolved.gguf_file is not None:
+            _forget_gguf(model)
+        model = model.to(dtype)
         _check_positions(model.config, model_cfg, "model.max_prompt_tokens")
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             # Grow only: a model whose embedding matrix is already padded past

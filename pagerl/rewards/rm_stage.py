@@ -137,15 +137,20 @@ def load_eval_impressions(recipe: RecipeConfig, run_dir: Path) -> List[Impressio
 
 
 def simulator_for(recipe: RecipeConfig, run_dir: Path) -> tuple:
-    """``(Simulator, "")`` for the synth stage's data, else ``(None, why not)``."""
-    from pagerl.sim import Simulator, World, load_synth_meta
+    """``(environment, "")`` that made the synth stage's data (pagerl.envs), else ``(None, why not)``."""
+    from pagerl.envs import env_from_recipe
+    from pagerl.sim import load_synth_meta
 
     if recipe.data.train_files or recipe.data.eval_files:
         return None, "data comes from data.train_files / data.eval_files, not from the simulator"
     meta = load_synth_meta(run_dir / "data")
     if meta is None:
         return None, f"no {run_dir / 'data' / 'synth.json'}: the data was not made by the synth stage"
-    return Simulator(World.from_config(recipe.sim, int(meta.get("seed", recipe.run.seed)))), ""
+    made_by = (str(meta.get("env", "pagesim")), int(meta.get("seed", recipe.run.seed)))
+    if made_by != (str(recipe.env.name), int(recipe.run.seed)):
+        return None, (f"the data was made by environment {made_by[0]!r} under seed {made_by[1]}, "
+                      f"not the recipe's env.name={recipe.env.name!r}, run.seed={recipe.run.seed}")
+    return env_from_recipe(recipe), ""
 
 
 def run_rm_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Impression],

@@ -261,31 +261,35 @@ def _checked(
 
 @register_reward_source("simulator")
 class SimulatorSource(RewardSource):
-    """The simulator's ground truth (pagerl.sim): exact expected clicks or GMV.
+    """The environment's ground truth (``env.name``: pagerl.envs): exact expected clicks or GMV.
 
-    The world is rebuilt from ``sim.*`` and ``run.seed``, as the synth stage
-    built it; requests from any other world fail with the simulator's own
-    message (unknown user or item, mismatched price)."""
+    The environment is rebuilt from the recipe (``env.name``, its section,
+    ``run.seed``), as the synth stage built it; requests from any other world
+    fail with the environment's own message (unknown user or item, mismatched
+    price). GMV needs prices, which only ``pagesim`` has."""
 
     OBJECTIVES = ("clicks", "gmv")
 
-    def __init__(self, simulator: Any, objective: str) -> None:
+    def __init__(self, env: Any, objective: str) -> None:
         if objective not in self.OBJECTIVES:
             raise RecipeError(
                 f"'rewards.sim_objective': expected one of {', '.join(self.OBJECTIVES)}, got {objective!r}"
             )
-        self.sim = simulator
+        if objective == "gmv" and getattr(env, "simulator", None) is None:
+            raise RecipeError(
+                f"'rewards.sim_objective': 'gmv' needs item prices, which the environment {type(env).__name__} "
+                "does not have; use 'clicks' (or env.name=pagesim)"
+            )
+        self.env = env
         self.objective = objective
 
     @classmethod
     def build(cls, recipe: RecipeConfig, run_dir: Path) -> "SimulatorSource":
-        from pagerl.sim import Simulator, World
+        from pagerl.envs import env_from_recipe
 
-        return cls(Simulator(World.from_config(recipe.sim, recipe.run.seed)), recipe.rewards.sim_objective)
+        return cls(env_from_recipe(recipe), recipe.rewards.sim_objective)
 
     def score_valid(self, requests: Sequence[Request], pages: Sequence[Sequence[str]]) -> Tuple[Any, Any]:
-        from pagerl.sim import SimulatorError
-
         m, k = len(pages), requests[0].page_size
         page_r, item_r = np.zeros(m), np.zeros((m, k))
         # Pages of one request are scored in one vectorised call.
@@ -295,18 +299,19 @@ class SimulatorSource(RewardSource):
         try:
             for rows in by_request.values():
                 request = requests[rows[0]]
-                scores = self.sim.score_pages(request, [pages[b] for b in rows])
-                resolved = self.sim.resolve(request)
+                scores = self.env.score_pages(request, [pages[b] for b in rows])
                 for b, score in zip(rows, scores):
-                    slots = np.asarray(self.sim.expected_slot_clicks(request, pages[b]))
+                    slots = np.asarray(self.env.expected_slot_clicks(request, pages[b]))
                     if self.objective == "clicks":
                         page_r[b], item_r[b] = score.expected_clicks, slots
                     else:
+                        resolved = self.env.simulator.resolve(request)
                         value = resolved.model.value_if_click[[resolved.position[i] for i in pages[b]]]
                         page_r[b], item_r[b] = score.expected_gmv, slots * value
-        except SimulatorError as exc:
+        except ValueError as exc:  # SimulatorError and InvalidPageError are ValueErrors
             raise RewardError(
-                f"rewards.source=simulator scores only requests of the simulated world (sim.*, run.seed): {exc}"
+                "rewards.source=simulator scores only requests of the simulated world of the recipe's "
+                f"environment (env.name, its section, run.seed): {exc}"
             ) from None
         return page_r, item_r
 

@@ -8,6 +8,9 @@
     5. train       trainer ranks update the policy (and critic) under ZeRO
     6. sync        weights stream to the rollout workers in buckets; a probe
                    batch verifies that rollout and trainer agree
+  (+ eval          every ``rl.eval_every`` steps: the rollout workers' synced
+                   policy lays out held-out pages as the eval stage decodes
+                   them, scored by the simulator as the eval stage scores them)
 
 With ``rl.overlap`` the rollout workers sample step t+1's pages while step t
 scores, trains and syncs (one step off-policy: by the weights before step t's
@@ -56,7 +59,7 @@ from pagerl.rl.rollout import RolloutBatch, RolloutVersionError, RolloutWorker
 from pagerl.rl.trainer import PolicyTrainerRank
 from pagerl.rl.weight_sync import WeightSync, verify_sync
 
-PHASES = ("generate", "reward", "experience", "train", "sync")
+PHASES = ("generate", "reward", "experience", "train", "sync", "eval")
 
 
 class RLError(PageRLError):
@@ -125,10 +128,13 @@ class RLController:
     """The roles of the RL stage and the loop that drives them (module docstring)."""
 
     def __init__(self, recipe: Any, run_dir: Path, policy_dir: str, requests: Sequence[Request],
-                 resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., "Roles"]] = None) -> None:
+                 resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., "Roles"]] = None,
+                 heldout: Sequence[Request] = ()) -> None:
         """``build_roles`` makes the role groups (:func:`ray_roles`, the default: Ray actors in one
-        placement group; :func:`pagerl.rl.local.local_roles`: the same classes in this process)."""
+        placement group; :func:`pagerl.rl.local.local_roles`: the same classes in this process).
+        ``heldout``: the requests :meth:`evaluate` lays out pages for (``rl.eval_every``)."""
         self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
+        self.heldout = list(heldout)
         self._policy_dir = str(policy_dir)
         cfg = self.cfg
         self.algorithm = resolve_algorithm(cfg)
@@ -210,13 +216,15 @@ class RLController:
             self.verify(self.next_step)
 
     # -- the step ---------------------------------------------------------------------------
-    def step(self, step: int, prefetch: bool = False) -> Dict[str, float]:
+    def step(self, step: int, prefetch: bool = False, evaluate: bool = False) -> Dict[str, float]:
         """One RL step (the six phases of the module docstring); returns what it logs.
 
         With ``rl.overlap`` and ``prefetch`` (there is a next step), the next
         step's pages are requested from the rollout workers as soon as this
         step's are in, so they are sampled while this step scores, trains and
-        syncs, by the weights before this step's update.
+        syncs, by the weights before this step's update. With ``evaluate``
+        the synced policy is then scored on the held-out requests
+        (:meth:`evaluate`, phase ``eval``).
         """
         timer = Timer()
         with timer.phase("generate"):
@@ -238,13 +246,17 @@ class RLController:
             self.version += 1
             sync = self._sync(step)
             delta = self.verify(step) if self.cfg.sync.verify else None
+        with timer.phase("eval"):
+            heldout = self._evaluate() if evaluate else {}
         pages = len(rollout)
         total = sum(timer.seconds.values())
+        rl_s = total - timer.seconds["eval"]  # the throughput of RL itself, without the held-out pages
         tokens = int(batch["mask"].sum())
         metrics.update(stats)
+        metrics.update(heldout)
         metrics.update({f"seconds_{k}": timer.seconds[k] for k in PHASES})
         metrics.update({
-            "step_s": total, "pages_per_s": pages / total, "tokens_per_s": tokens / total,
+            "step_s": total, "pages_per_s": pages / rl_s, "tokens_per_s": tokens / rl_s,
             "sync_mb_per_s": sync.mb_per_s, "sync_seconds": sync.seconds,
             "sync_mb": sync.bytes / 2**20, "version": float(self.version), "kl_coef": self.kl.value,
             "lr": self._lr(step), "prompt_epoch": float(self.cursor.epoch),
@@ -423,6 +435,64 @@ class RLController:
             tok = load_policy_tokenizer(self._policy_dir)
             self._pad = int(tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id)
         return self._pad
+
+    # -- held-out evaluation ----------------------------------------------------------------
+    def eval_due(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) ends with a held-out evaluation: every ``rl.eval_every``
+        steps and after the last."""
+        every = int(self.cfg.eval_every)
+        return every > 0 and ((step + 1) % every == 0 or step + 1 == int(self.cfg.steps))
+
+    def evaluate(self) -> Dict[str, float]:
+        """:meth:`_evaluate` timed as the phase ``eval`` (``seconds_eval``): the initial policy's point."""
+        timer = Timer()
+        with timer.phase("eval"):
+            metrics = self._evaluate()
+        return {**metrics, "seconds_eval": timer.seconds["eval"]}
+
+    def _evaluate(self) -> Dict[str, float]:
+        """The held-out figures of the policy the rollout workers hold (version ``self.version``).
+
+        The pages are decoded as the eval stage decodes a saved policy (``eval.decoding``,
+        ``eval.constrained``, the same chunks and seeds: :func:`pagerl.eval.evaluate.decoding_chunks`),
+        the chunks spread over the rollout workers, and scored by the eval stage's own
+        :func:`~pagerl.eval.evaluate.score_method` and :func:`~pagerl.eval.evaluate.aggregate`; so
+        after the last step they are the eval stage's figures for the saved RL policy (greedy).
+        Logged as ``eval/<metric>`` (the eval stage's names) and ``eval/<metric>_se``.
+        """
+        from pagerl.eval import evaluate as ev
+
+        if not self.heldout:
+            raise RLError("rl.eval_every is on but the controller was given no held-out requests")
+        if not hasattr(self, "_sim"):
+            self._sim = ev.eval_simulator(self.recipe)
+        chunks = ev.decoding_chunks(self.recipe, self.heldout)
+        workers = len(self.rollouts)
+        options = ev.decoding_options(self.recipe)
+        args = [(chunks[w::workers], options) for w in range(workers)]
+        refs = self.rollouts.async_call_each("heldout_pages", [(*a, self.version) for a in args])
+        answers = [self._heldout_answer(w, ref, args[w]) for w, ref in enumerate(refs)]
+        generated = [page for i in range(len(chunks)) for page in answers[i % workers][i // workers]]
+        pages = ev.learned_pages(generated).pages
+        row = ev.aggregate(ev.score_method(pages, self.heldout, self._sim, k=ev.eval_k(self.recipe)))
+        out = {f"eval/{m}": float(row[m]) for m in ev.METRICS if row[m] is not None}
+        out.update({f"eval/{m}_se": float(row[f"{m}_se"]) for m in ev.PAIRED_METRICS if row[f"{m}_se"] is not None})
+        out["eval/requests"] = float(row["count"])
+        return out
+
+    def _heldout_answer(self, worker: int, ref: Any, args: Any) -> List[Any]:
+        """Worker ``worker``'s held-out pages; a lost worker is replaced and asked again, as in :meth:`_pages`."""
+        limit = int(self.cfg.rollout.max_restarts)
+        for attempt in range(limit + 1):
+            try:
+                return self.rollouts.wait([ref])[0]
+            except (RoleDiedError, RolloutVersionError) as exc:
+                if attempt == limit:
+                    raise RLError(f"rl held-out evaluation of policy version {self.version}: rollout worker {worker} "
+                                  f"was lost {attempt + 1} times (rl.rollout.max_restarts={limit}): {exc}") from exc
+                self._replace_rollout(worker, self.next_step)
+                ref = self.rollouts.async_call_one(worker, "heldout_pages", *args, self.version)
+        raise AssertionError("unreachable")
 
     # -- verification -----------------------------------------------------------------------
     def _probe_batch(self) -> RolloutBatch:

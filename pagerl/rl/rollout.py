@@ -23,6 +23,9 @@ What a worker answers:
   teacher-forced (:func:`pagerl.models.generate.teacher_forced_logprobs`).
   Compared with the trainer's logprobs of the same responses, it shows
   whether a weight sync arrived (:func:`pagerl.rl.weight_sync.verify_sync`).
+- :meth:`RolloutWorker.heldout_pages` -- one page per held-out request,
+  decoded as the eval stage decodes (``eval.*``, greedy by default) by the
+  weights held: the RL stage's held-out curve (``rl.eval_every``).
 - :meth:`RolloutWorker.load_weights` -- the receiving end of a weight sync:
   checks the sender's manifest against the model's parameters before
   copying anything, copies every bucket by name, then records the version.
@@ -69,6 +72,8 @@ def register_rollout_backend(name: str) -> Callable[[type], type]:
     A backend is built as ``cls(recipe, policy_dir, device)`` and has
     ``encode_prompt(request)``, ``generate(requests, seed)`` (one
     :class:`~pagerl.models.generate.GeneratedPage` per request),
+    ``decode(requests, seed, options)`` (the same, decoded with the given
+    ``generate_pages`` keywords: the held-out evaluation's),
     ``probe_logprobs(prompt_ids, response_ids, num_candidates, page_sizes)``
     and ``parameters()`` (name -> the tensor a weight sync copies into).
     """
@@ -98,6 +103,12 @@ class HFRolloutBackend:
         from pagerl.models.generate import generate_pages
 
         return generate_pages(self.model, self.tokenizer, requests, greedy=False, seed=seed, **self._sampling)
+
+    def decode(self, requests: Sequence[Request], seed: int, options: Dict[str, Any]) -> List[Any]:
+        """One page per request decoded with ``options`` (``generate_pages`` keywords), not the rollout's."""
+        from pagerl.models.generate import generate_pages
+
+        return generate_pages(self.model, self.tokenizer, requests, seed=seed, **options)
 
     def probe_logprobs(self, prompt_ids, response_ids, num_candidates, page_sizes,
                        top_p: Optional[float] = None) -> List[List[float]]:
@@ -207,12 +218,7 @@ class RolloutWorker:
     # -- rollouts ---------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], seed: int, version: Optional[int] = None) -> RolloutBatch:
         """``samples_per_request`` pages per request; ``version`` (if given) must be the one held."""
-        if self._version is None or (version is not None and int(version) != self._version):
-            raise RolloutVersionError(
-                f"rollout worker {self.worker_index} holds policy version {self.version()}"
-                f"{' (a weight sync did not complete)' if self._version is None else ''}, "
-                f"asked to generate with version {version}"
-            )
+        self._check_version(version)
         n = int(self.cfg.samples_per_request)
         repeated = [r for r in requests for _ in range(n)]
         with self.compute.span("generate"):
@@ -238,6 +244,23 @@ class RolloutWorker:
             batch.reasons.append(page.reason)
             batch.version.append(self._version)
         return batch
+
+    def heldout_pages(self, chunks: Sequence[Any], options: Dict[str, Any],
+                      version: Optional[int] = None) -> List[List[Any]]:
+        """One :class:`~pagerl.models.generate.GeneratedPage` per request of each ``(requests, seed)``
+        chunk, decoded with ``options`` (the eval stage's decoding: :func:`pagerl.eval.evaluate.
+        decoding_options`) by the weights held; ``version`` (if given) must be the one held."""
+        self._check_version(version)
+        with self.compute.span("eval"):
+            return [self.backend.decode(list(requests), int(seed), dict(options)) for requests, seed in chunks]
+
+    def _check_version(self, version: Optional[int]) -> None:
+        if self._version is None or (version is not None and int(version) != self._version):
+            raise RolloutVersionError(
+                f"rollout worker {self.worker_index} holds policy version {self.version()}"
+                f"{' (a weight sync did not complete)' if self._version is None else ''}, "
+                f"asked to generate with version {version}"
+            )
 
     def probe_logprobs(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
                        num_candidates: Sequence[int], page_sizes: Sequence[int],

@@ -13,6 +13,13 @@ newest complete checkpoint and runs exactly the steps an uninterrupted run
 would have run after it. The steps between that checkpoint and the
 interruption are run again and logged again (``metrics.jsonl`` readers keep
 the last row of each step).
+
+With ``rl.eval_every`` the policy being trained is scored on held-out requests
+before the first step, every ``rl.eval_every`` steps and after the last
+(:meth:`~pagerl.rl.controller.RLController.evaluate`): the first
+``rl.eval_requests`` requests of the eval stage's files (the synth stage's
+eval split, which RL never trains on), logged as ``eval/<metric>`` beside the
+step's other figures.
 """
 
 from __future__ import annotations
@@ -57,7 +64,12 @@ def run_rl_stage(recipe: Any, run_dir: Path, impressions: Sequence[Impression], 
     # its checkpoint; the last line of a step is the run that continued).
     if resume is None:
         (stage_dir / PROMPTS_FILE).unlink(missing_ok=True)
-    attempt = _Attempt(recipe, run_dir, [imp.request for imp in impressions], policy_dir)
+    heldout = []
+    if int(cfg.eval_every) > 0:
+        from pagerl.eval.evaluate import heldout_requests
+
+        heldout = heldout_requests(recipe, run_dir, limit=int(cfg.eval_requests))
+    attempt = _Attempt(recipe, run_dir, [imp.request for imp in impressions], policy_dir, heldout)
     restarts = 0
     while True:
         try:
@@ -90,8 +102,10 @@ def run_rl_stage(recipe: Any, run_dir: Path, impressions: Sequence[Impression], 
 class _Attempt:
     """One start of the roles: from a checkpoint (or the beginning) to ``stop_at`` or the end."""
 
-    def __init__(self, recipe: Any, run_dir: Path, requests: Sequence[Any], policy_dir: str) -> None:
+    def __init__(self, recipe: Any, run_dir: Path, requests: Sequence[Any], policy_dir: str,
+                 heldout: Sequence[Any] = ()) -> None:
         self.recipe, self.run_dir, self.requests, self.policy_dir = recipe, Path(run_dir), requests, policy_dir
+        self.heldout = list(heldout)
         self.stage_dir = self.run_dir / STAGE
         self.first_start: Optional[int] = None
         self.stop_at = int(recipe.rl.steps)
@@ -101,7 +115,8 @@ class _Attempt:
         from pagerl.rl.controller import RLController
 
         cfg, total = self.recipe.rl, int(self.recipe.rl.steps)
-        controller = RLController(self.recipe, self.run_dir, self.policy_dir, self.requests, resume_dir=resume)
+        controller = RLController(self.recipe, self.run_dir, self.policy_dir, self.requests, resume_dir=resume,
+                                  heldout=self.heldout)
         display = None
         try:
             start = controller.next_step
@@ -117,10 +132,13 @@ class _Attempt:
             display = CONSOLE.progress(STAGE, total, self.recipe.tracking.progress_every_s)
             display.update(start)
             with MetricsLogger.from_config(self.run_dir, self.recipe.tracking) as metrics:
-                if delta is not None and resume is None:
-                    metrics.log(STAGE, 0, {"sync_delta_max": delta})
+                if resume is None:  # step 0: the policy RL starts from
+                    initial = {} if delta is None else {"sync_delta_max": delta}
+                    initial.update(controller.evaluate() if self.heldout else {})
+                    if initial:
+                        metrics.log(STAGE, 0, initial)
                 for step in range(start, self.stop_at):
-                    row = controller.step(step, prefetch=step + 1 < total)
+                    row = controller.step(step, prefetch=step + 1 < total, evaluate=controller.eval_due(step))
                     metrics.log(STAGE, step + 1, row)
                     with (self.stage_dir / PROMPTS_FILE).open("a") as f:
                         f.write(json.dumps({"step": step + 1, "request_ids": controller.last_request_ids}) + "\n")

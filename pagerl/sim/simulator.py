@@ -73,13 +73,17 @@ _DWELL_MEDIAN_S = 20.0
 
 @dataclass
 class PageScore:
-    """Exact ground-truth metrics of one page for one request."""
+    """Exact ground-truth metrics of one page for one request.
+
+    ``expected_gmv``, ``ndcg`` and ``redundancy`` are None where the
+    environment that scored the page has no such quantity (an environment
+    without prices, true relevances or near-duplicates: pagerl.envs)."""
 
     expected_clicks: float
-    expected_gmv: float
-    ndcg: float
+    expected_gmv: Optional[float]
+    ndcg: Optional[float]
     diversity: float
-    redundancy: float
+    redundancy: Optional[float]
     valid: bool
     # Why the page is invalid ("" when valid).
     reason: str = ""
@@ -105,6 +109,11 @@ class Simulator:
         for i, g in enumerate(world.item_group.tolist()):
             members.setdefault(g, []).append(i)
         self._group_members = {g: m for g, m in members.items() if len(m) > 1}
+
+    @property
+    def world_seed(self) -> int:
+        """The seed the world was drawn from (as :attr:`pagerl.envs.PageEnv.world_seed`)."""
+        return int(self.world.seed)
 
     # ------------------------------------------------------------- requests
     def resolve(self, request: Request) -> ResolvedRequest:
@@ -186,6 +195,11 @@ class Simulator:
             return 0.0
         return float(np.exp(plackett_luce_log_prob(self._logging_logits(self.world, req), positions)))
 
+    def logging_logits(self, request: Request) -> np.ndarray:
+        """The logging policy's Plackett-Luce logits, one per entry of ``resolve(request).item_ids``
+        (for off-policy checks with a related target policy: :mod:`pagerl.eval.logs_ips`)."""
+        return np.asarray(self._logging_logits(self.world, self.resolve(request)), dtype=np.float64)
+
     # ------------------------------------------------------------- feedback
     def sample_feedback(
         self, request: Request, page: Sequence[str], rng: np.random.Generator
@@ -232,11 +246,11 @@ class Simulator:
         clicks, gmv, distinct, dups, _ = score_one_page(req.model, positions)
         width = req.page_size
         gains = req.model.click
-        dcg = sum(float(gains[j]) * d for j, d in zip(positions[:cutoff], _discounts(cutoff)))
+        dcg = sum(float(gains[j]) * d for j, d in zip(positions[:cutoff], dcg_discounts(cutoff)))
         return PageScore(
             expected_clicks=clicks,
             expected_gmv=gmv,
-            ndcg=dcg / _ideal_dcg(gains, cutoff),
+            ndcg=dcg / ideal_dcg(gains, cutoff),
             diversity=distinct / width,
             redundancy=sum(1 for r in dups if r > 0) / (width - 1) if width > 1 else 0.0,
             valid=True,
@@ -263,8 +277,8 @@ class Simulator:
         clicks, gmv = expected_outcomes(model, rows)
         distinct, dups_above = page_structure(model, rows)
         shown = min(cutoff, width)
-        dcg = (model.click[rows[:, :shown]] * np.asarray(_discounts(shown))).sum(axis=1)
-        ndcg = dcg / _ideal_dcg(model.click, cutoff)
+        dcg = (model.click[rows[:, :shown]] * np.asarray(dcg_discounts(shown))).sum(axis=1)
+        ndcg = dcg / ideal_dcg(model.click, cutoff)
         redundancy = (dups_above > 0).sum(axis=1) / (width - 1) if width > 1 else np.zeros(len(rows))
         filled = iter(range(len(rows)))
         for i, entry in enumerate(scores):
@@ -365,14 +379,14 @@ class Simulator:
         return positions, ""
 
 
-def _discounts(n: int) -> List[float]:
+def dcg_discounts(n: int) -> List[float]:
     return [1.0 / math.log2(slot + 2) for slot in range(n)]
 
 
-def _ideal_dcg(gains: np.ndarray, cutoff: int) -> float:
+def ideal_dcg(gains: np.ndarray, cutoff: int) -> float:
     """DCG of the best ordering of all candidates by true relevance (> 0: gains are sigmoids)."""
     best = sorted(gains.tolist(), reverse=True)[:cutoff]
-    return sum(g * d for g, d in zip(best, _discounts(len(best))))
+    return sum(g * d for g, d in zip(best, dcg_discounts(len(best))))
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

@@ -82,8 +82,10 @@ def _tqdm_progress(name: str, total: int) -> Callable[[int], None]:
 
 
 def _impressions(
-    sim: Simulator, name: str, count: int, rng: np.random.Generator, stats: _SplitStats, tick: Callable[[int], None]
+    sim: Any, name: str, count: int, rng: np.random.Generator, stats: _SplitStats, tick: Callable[[int], None]
 ) -> Iterator[Impression]:
+    """``count`` logged impressions of ``sim``: a :class:`~pagerl.envs.PageEnv` or a
+    :class:`Simulator` (the same methods)."""
     width = max(6, len(str(max(count - 1, 0))))
     for i in range(count):
         request = sim.sample_request(rng, f"{name}-{i:0{width}d}")
@@ -95,8 +97,8 @@ def _impressions(
             gmv=outcome["gmv"],
             purchases=outcome["purchases"],
             logging_expected_clicks=score.expected_clicks,
-            logging_expected_gmv=score.expected_gmv,
-            logging_ndcg=score.ndcg,
+            **{f"logging_{key}": value for key, value in (("expected_gmv", score.expected_gmv),
+                                                          ("ndcg", score.ndcg)) if value is not None},
             with_query=request.query is not None,
         )
         yield Impression(request=request, page=page, feedback=feedback, page_outcome=outcome, propensity=propensity)
@@ -110,21 +112,55 @@ def synthesize(
     fmt: str = "jsonl",
     progress: Union[bool, Progress] = True,
 ) -> Dict[str, Any]:
-    """Write ``train`` and ``eval`` logged impressions under ``out_dir``.
+    """Write ``train`` and ``eval`` logged impressions of the simulator's world
+    ``(sim_cfg, seed)`` under ``out_dir``: :func:`synthesize_env` for ``pagesim``."""
+    sim = Simulator(World.from_config(sim_cfg, seed))
+    return synthesize_env(sim, {"name": "pagesim", "sim": config_to_dict(sim_cfg)}, seed, out_dir,
+                          {"train": sim_cfg.num_train_requests, "eval": sim_cfg.num_eval_requests}, fmt, progress)
 
+
+def synthesize_recipe(
+    recipe: Any, out_dir: Union[str, os.PathLike], fmt: str = "jsonl", progress: Union[bool, Progress] = True
+) -> Dict[str, Any]:
+    """The synth stage of a recipe: logs of its environment ``env.name`` (``pagesim``:
+    the world of ``sim.*``; another: its ``env.<name>`` section), ``sim.num_train_requests``
+    and ``sim.num_eval_requests`` of them, under ``run.seed``."""
+    from pagerl.envs import env_from_recipe
+
+    name = str(recipe.env.name)
+    if name == "pagesim":
+        return synthesize(recipe.sim, recipe.run.seed, out_dir, fmt, progress)
+    meta = {"name": name, name: config_to_dict(getattr(recipe.env, name))}
+    counts = {"train": int(recipe.sim.num_train_requests), "eval": int(recipe.sim.num_eval_requests)}
+    return synthesize_env(env_from_recipe(recipe), meta, recipe.run.seed, out_dir, counts, fmt, progress)
+
+
+def synthesize_env(
+    env: Any,
+    env_meta: Dict[str, Any],
+    seed: int,
+    out_dir: Union[str, os.PathLike],
+    counts: Dict[str, int],
+    fmt: str = "jsonl",
+    progress: Union[bool, Progress] = True,
+) -> Dict[str, Any]:
+    """Write ``train`` and ``eval`` logged impressions of an environment under ``out_dir``.
+
+    ``env`` is a :class:`~pagerl.envs.PageEnv` (or a :class:`Simulator`: the same
+    methods) whose logging policy lays out the pages; ``env_meta`` (its name and
+    configuration) goes into ``synth.json``; ``counts`` gives each split's size.
     ``progress``: True shows a tqdm bar on stderr, False nothing, or a
     callable ``(split, done, total)``. Returns ``{"train_path", "eval_path",
     "meta_path", "stats": {"train": {...}, "eval": {...}}, "seconds"}``; the
     stats are means per request of sampled clicks / GMV / purchases and of
-    the logging pages' exact expected clicks, GMV and NDCG.
+    the logging pages' exact expected clicks, GMV and NDCG (where the
+    environment has them).
     """
     if fmt not in FORMAT_EXTENSIONS:
         raise ValueError(f"synthesize: fmt must be one of {sorted(FORMAT_EXTENSIONS)}, got {fmt!r}")
     start = time.perf_counter()
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    sim = Simulator(World.from_config(sim_cfg, seed))
-    counts = {"train": sim_cfg.num_train_requests, "eval": sim_cfg.num_eval_requests}
     result: Dict[str, Any] = {"stats": {}}
     for name, count in counts.items():
         if progress is True:
@@ -136,12 +172,13 @@ def synthesize(
         path = os.path.join(out_dir, f"{name}{FORMAT_EXTENSIONS[fmt]}")
         stats = _SplitStats()
         rng = stream(seed, SPLIT_STREAMS[name])
-        write_impressions(path, _impressions(sim, name, count, rng, stats, tick))
+        write_impressions(path, _impressions(env, name, count, rng, stats, tick))
         result[f"{name}_path"] = path
         result["stats"][name] = stats.means()
     result["seconds"] = time.perf_counter() - start
     meta_path = os.path.join(out_dir, "synth.json")
-    meta = {"seed": int(seed), "format": fmt, "sim": config_to_dict(sim_cfg), **result}
+    meta = {"seed": int(seed), "format": fmt, "env": env_meta["name"],
+            **{k: v for k, v in env_meta.items() if k != "name"}, **result}
     with open(meta_path, "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=2)
     result["meta_path"] = meta_path

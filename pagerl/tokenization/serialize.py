@@ -24,6 +24,12 @@ Design choices (ours; the paper gives no serialization):
   title does not. Pages are mapped back to ids through the candidate order.
 - BOS is prepended when the tokenizer has one; special tokens are never added
   implicitly, so tiny and Hugging Face tokenizers serialize the same way.
+- With ``model.chat_template`` (instruct models) the prompt is one user turn
+  of the tokenizer's chat template instead: the template's text before the
+  message (system turn, user header; it decides about BOS) and after it (end
+  of turn, assistant header) are rendered once with a placeholder message and
+  tokenized on their own, so every prompt ends with the same tokens and
+  :func:`response_marker_length` stays exact.
 
 The settings (limits, price buckets, attributes shown) are read from the
 tokenizer itself, see :mod:`pagerl.tokenization.settings`.
@@ -32,7 +38,7 @@ tokenizer itself, see :mod:`pagerl.tokenization.settings`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 from pagerl.data.types import Request
 from pagerl.tokenization.settings import (
@@ -40,6 +46,7 @@ from pagerl.tokenization.settings import (
     SerializationSettings,
     candidate_tokens,
     settings_of,
+    stored_settings,
 )
 
 IGNORE_INDEX = -100
@@ -156,12 +163,17 @@ def encode_prompt(tokenizer: Any, request: Request) -> List[int]:
         tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     )
     slot_ids = candidate_token_ids(tokenizer, len(request.candidates))
-    ids: List[int] = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    if settings.chat_template:
+        before, after = chat_frame(tokenizer)
+        ids: List[int] = list(before)
+    else:
+        ids, after = ([] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]), []
     for segment in segments:
         if isinstance(segment, str):
             ids += next(encoded)
         else:
             ids.append(slot_ids[segment])
+    ids += after
     if len(ids) > settings.max_prompt_tokens:
         raise SerializationError(
             f"request {request.request_id!r}: prompt is {len(ids)} tokens, more than "
@@ -171,14 +183,52 @@ def encode_prompt(tokenizer: Any, request: Request) -> List[int]:
     return ids
 
 
+_CHAT_PLACEHOLDER = "PAGERL_PROMPT_PLACEHOLDER"
+_CHAT_FRAME_ATTR = "_pagerl_chat_frame"
+
+
+def chat_frame(tokenizer: Any) -> Tuple[List[int], List[int]]:
+    """Token ids the chat template puts before and after a user message (with the assistant header).
+
+    Rendered once per tokenizer with a placeholder message; the two texts are
+    tokenized with special tokens recognised (they hold the template's own
+    control tokens, never request text).
+    """
+    cached = getattr(tokenizer, _CHAT_FRAME_ATTR, None)
+    if cached is not None:
+        return cached
+    if not getattr(tokenizer, "chat_template", None):
+        raise SerializationError(
+            "model.chat_template is true, but the tokenizer has no chat template: set it false "
+            "or use an instruct model whose tokenizer has one"
+        )
+    text = tokenizer.apply_chat_template([{"role": "user", "content": _CHAT_PLACEHOLDER}], tokenize=False,
+                                         add_generation_prompt=True)
+    if text.count(_CHAT_PLACEHOLDER) != 1:
+        raise SerializationError("model.chat_template: the tokenizer's chat template does not show the "
+                                 "user message exactly once")
+    before, after = text.split(_CHAT_PLACEHOLDER)
+    ids = tokenizer([before, after], add_special_tokens=False)["input_ids"]
+    frame = (list(ids[0]), list(ids[1]))
+    setattr(tokenizer, _CHAT_FRAME_ATTR, frame)
+    return frame
+
+
 def response_marker_length(tokenizer: Any) -> int:
     """Tokens of :data:`RESPONSE_MARKER` at the end of every prompt.
 
     Text segments are tokenized one by one (see :func:`encode_prompt`), so the
     marker is the same tokens in every prompt: the last candidate's words end
-    this many tokens before the prompt does.
+    this many tokens before the prompt does. With ``model.chat_template`` the
+    template's closing tokens (end of turn, assistant header) follow the
+    marker and count with it.
     """
-    return len(tokenizer([" " + RESPONSE_MARKER], add_special_tokens=False, split_special_tokens=True)["input_ids"][0])
+    marker = len(tokenizer([" " + RESPONSE_MARKER], add_special_tokens=False,
+                           split_special_tokens=True)["input_ids"][0])
+    settings = stored_settings(tokenizer)
+    if settings is not None and settings.chat_template:
+        marker += len(chat_frame(tokenizer)[1])
+    return marker
 
 
 def encode_response(tokenizer: Any, request: Request, page_item_ids: Sequence[str]) -> List[int]:

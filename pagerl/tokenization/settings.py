@@ -35,6 +35,8 @@ class SerializationSettings:
     )
     max_history_items: int = 16
     prompt_attrs: List[str] = field(default_factory=list)
+    # Prompts are one user turn of the tokenizer's chat template (model.chat_template).
+    chat_template: bool = False
 
     def __post_init__(self) -> None:
         if self.max_candidates < 1:
@@ -65,6 +67,7 @@ class SerializationSettings:
             price_bucket_edges=[float(e) for e in model_cfg.price_bucket_edges],
             max_history_items=int(model_cfg.max_history_items),
             prompt_attrs=[str(a) for a in model_cfg.prompt_attrs],
+            chat_template=bool(getattr(model_cfg, "chat_template", False)),
         )
 
     @property

@@ -27,7 +27,7 @@ from tokenizers.models import WordLevel
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pagerl.data.types import Impression, Request
-from pagerl.tokenization.serialize import price_tokens, prompt_segments
+from pagerl.tokenization.serialize import chat_frame, price_tokens, prompt_segments
 from pagerl.tokenization.settings import (
     SerializationError,
     SerializationSettings,
@@ -114,8 +114,9 @@ def _is_model_config(obj: Any) -> bool:
 def load_policy_tokenizer(model_cfg_or_path: Any, model_cfg: Any = None) -> Any:
     """The tokenizer of a local model directory, prepared for page serialization.
 
-    ``model_cfg_or_path`` is a ``ModelConfig`` (its ``source`` is the
-    directory) or a directory path: a Hugging Face model directory or a
+    ``model_cfg_or_path`` is a ``ModelConfig`` (its ``source`` names the
+    model, see :mod:`pagerl.models.sources`: a directory, a GGUF file or a
+    packaged model) or a directory path: a Hugging Face model directory or a
     checkpoint pagerl saved. Settings come from ``model_cfg`` (or the config
     passed first) when given, else from the tokenizer itself (a pagerl
     checkpoint), else the ``ModelConfig`` defaults. Missing ``<cI>`` tokens are
@@ -124,20 +125,31 @@ def load_policy_tokenizer(model_cfg_or_path: Any, model_cfg: Any = None) -> Any:
     end of a page). Adding tokens grows the vocabulary: the model's embeddings
     must be resized to ``len(tokenizer)``, which ``build_policy`` does.
     """
+    from pagerl.models.sources import ModelSourceError, resolve_source
+
     if _is_model_config(model_cfg_or_path):
         model_cfg = model_cfg if model_cfg is not None else model_cfg_or_path
         path, key = str(model_cfg_or_path.source), "model.source"
+        try:
+            source = resolve_source(path, key)
+        except ModelSourceError as exc:
+            raise SerializationError(str(exc)) from exc
     else:
         path, key = str(model_cfg_or_path), "path"
+        source = None
     if path == "tiny":
         raise SerializationError(
             "model.source 'tiny' has no tokenizer directory: fit one with build_tokenizer "
             "(or load the tokenizer a run saved next to its checkpoint)"
         )
-    if not Path(path).is_dir():
-        raise SerializationError(f"{key}: {path!r} is not a local model directory (nothing is downloaded)")
+    if source is None:
+        if not Path(path).is_dir():
+            raise SerializationError(f"{key}: {path!r} is not a local model directory (nothing is downloaded)")
+        directory, kwargs = path, {"local_files_only": True}
+    else:
+        directory, kwargs = source.directory, source.from_pretrained_kwargs()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     except (OSError, ValueError) as exc:
         raise SerializationError(f"{key}: cannot load a tokenizer from {path!r}: {exc}") from exc
 
@@ -154,4 +166,6 @@ def load_policy_tokenizer(model_cfg_or_path: Any, model_cfg: Any = None) -> Any:
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD})
     attach_settings(tokenizer, settings)
+    if settings.chat_template:
+        chat_frame(tokenizer)  # fails now, naming model.chat_template, when there is no template
     return tokenizer

@@ -9,7 +9,8 @@ it reads only what the stages wrote:
     <run_dir>/recipe.yaml          the resolved recipe            -> "Recipe"
     <run_dir>/data/stats.json      data statistics (a dict)       -> "Data"
     <run_dir>/metrics.jsonl        stage "sft", metric "loss"     -> "SFT learning curve"
-    <run_dir>/eval/results.json    pagerl.eval.evaluate output    -> "Evaluation"
+    <run_dir>/eval/results.json    pagerl.eval.evaluate output    -> "Evaluation", and the IPS
+                                   checks when on (pagerl.tracking.ips_report)
 
 A missing input skips its section with a note saying which file was absent,
 so a partial run still gets a report. A present but malformed input raises
@@ -72,6 +73,8 @@ EVAL_EXPLANATIONS = {
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``<run_dir>/report.md``, ``<run_dir>/report.html`` (the same sections as one
     self-contained page) and ``<run_dir>/plots/*.png``; return the Markdown's path."""
+    from pagerl.tracking.ips_report import logs_ips_section, obd_section
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run directory {run_dir} does not exist; nothing to report")
@@ -90,6 +93,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         "rm_quality": _rm_quality_section(read_json(run_dir / "rm" / "quality.json")),
         "rl": _rl_section(run_dir, plots),
         "eval": _eval_section(read_json(run_dir / "eval" / "results.json"), plots),
+        "obd": obd_section(read_json(run_dir / "eval" / "results.json")),
+        "logs_ips": logs_ips_section(read_json(run_dir / "eval" / "results.json")),
         "ablation": _ablation_section(run_dir),
     }
     # The page opens on the evaluation and folds the long recipe away; the Markdown keeps run order.
@@ -239,30 +244,45 @@ RL_PANELS = (
     ("KL to the reference, per token", ("kl",)),
     ("entropy of the constrained policy", ("entropy",)),
     ("seconds per phase", ("seconds_generate", "seconds_reward", "seconds_experience", "seconds_train",
-                           "seconds_sync")),
+                           "seconds_sync", "seconds_eval")),
+)
+# The held-out evaluation inside RL (rl.eval_every; pagerl.rl.controller.RLController.evaluate),
+# drawn when the run has it: the same figures as the eval stage's table, every few steps.
+RL_EVAL_PANELS = (
+    ("held-out NDCG (simulator ground truth)", ("eval/ndcg",)),
+    ("held-out expected clicks (simulator ground truth)", ("eval/expected_clicks",)),
 )
 RL_TABLE = ("reward_total", "reward_page", "reward_item", "kl", "entropy", "clip_fraction", "grad_norm",
             "sync_delta_max", "logprob_mismatch_max", "pages_per_s", "step_s")
+RL_EVAL_TABLE = ("eval/ndcg", "eval/expected_clicks", "eval/expected_gmv", "eval/valid_rate", "eval/diversity",
+                 "eval/redundancy", "seconds_eval")
 
 
 def _rl_section(run_dir: Path, plots: Path) -> str:
-    """Learning curves of the RL stage (rewards, KL, entropy, per-phase seconds) from ``metrics.jsonl``."""
+    """Learning curves of the RL stage (rewards, KL, entropy, held-out NDCG and clicks, per-phase seconds)
+    from ``metrics.jsonl``."""
     title = "RL learning curves"
-    rows = [r for r in read_metrics(run_dir, stage="rl") if "reward_total" in r] if (
-        run_dir / METRICS_FILE).exists() else []
+    every = read_metrics(run_dir, stage="rl") if (run_dir / METRICS_FILE).exists() else []
+    rows = [r for r in every if "reward_total" in r]
     if not rows:
         return _skipped(title, "no RL steps in `metrics.jsonl`")
-    fig = Figure(figsize=(12.0, 6.4))
-    for i, (name, keys) in enumerate(RL_PANELS):
-        ax = fig.add_subplot(2, 2, i + 1)
+    evals = [r for r in every if "eval/ndcg" in r]
+    panels = RL_PANELS + (RL_EVAL_PANELS if evals else ())
+    columns = (len(panels) + 1) // 2
+    fig = Figure(figsize=(6.0 * columns, 6.4))
+    for i, (name, keys) in enumerate(panels):
+        ax = fig.add_subplot(2, columns, i + 1)
         for key in keys:
-            steps, values = metric_series(rows, "rl", key)
-            ax.plot(steps, [v if v is not None else math.nan for v in values], label=key, linewidth=1.3)
+            sparse = key.startswith("eval/")
+            steps, values = metric_series(evals if sparse else rows, "rl", key)
+            ax.plot(steps, [v if v is not None else math.nan for v in values], label=key, linewidth=1.3,
+                    marker="o" if sparse else None, markersize=3)
         ax.set_title(name)
         ax.set_xlabel("RL step")
         ax.grid(True, alpha=0.3)
         if len(keys) > 1:
             ax.legend(fontsize=7)
+    fig.tight_layout()
     png = _save(fig, plots / "rl_curves.png")
     first, last = rows[0], rows[-1]
     lines = [f"## {title}", "", f"![rl curves]({PLOTS_DIR}/{png.name})", "",
@@ -271,7 +291,36 @@ def _rl_section(run_dir: Path, plots: Path) -> str:
              "constrained policy.", ""]
     lines += markdown_table(["", *RL_TABLE], [["first step", *[_fmt(first.get(k)) for k in RL_TABLE]],
                                       ["last step", *[_fmt(last.get(k)) for k in RL_TABLE]]])
-    return "\n".join(lines)
+    return "\n".join(lines + _rl_eval_lines(evals, rows))
+
+
+def _rl_eval_lines(evals: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    """The held-out evaluation inside RL (``eval/*`` of stage ``rl``): its points and what it cost."""
+    if not evals:
+        return []
+    by_step = {int(r["step"]): r for r in evals}  # last row per step (a resumed stage re-logs steps)
+    steps = {int(r["step"]): r for r in rows}
+    spent = sum(float(r.get("seconds_eval") or 0.0) for r in by_step.values())
+    # step_s includes a step's evaluation; step 0's (before the first step) is outside every step
+    outside = sum(float(r.get("seconds_eval") or 0.0) for s, r in by_step.items() if s not in steps)
+    total = sum(float(r.get("step_s") or 0.0) for r in steps.values()) + outside
+    requests = _fmt(evals[-1].get("eval/requests"))
+    lines = ["", f"Held-out evaluation inside RL (`rl.eval_every`): at step 0 (the policy RL starts from), every "
+             f"`rl.eval_every` steps and after the last, the rollout workers' synced policy laid out one page "
+             f"for each of {requests} held-out requests (the eval stage's files, never trained on), decoded "
+             "as the eval stage decodes (`eval.decoding`, `eval.constrained`) and scored by the eval stage's "
+             "`score_method` on the simulator's ground truth; its last point is the eval stage's figure for "
+             "the saved RL policy (greedy decoding). Mean ± standard error over requests.", ""]
+    table = []
+    for step in sorted(by_step):
+        r = by_step[step]
+        table.append([step, _mean_se(r.get("eval/ndcg"), r.get("eval/ndcg_se")),
+                      _mean_se(r.get("eval/expected_clicks"), r.get("eval/expected_clicks_se")),
+                      *[_fmt(r.get(k)) for k in RL_EVAL_TABLE[2:]]])
+    lines += markdown_table(["step", *RL_EVAL_TABLE], table)
+    share = f" ({100 * spent / total:.1f}% of the RL steps' time)" if total > 0 else ""
+    lines += ["", f"It took {spent:.1f} s in all{share}: phase `eval` of the seconds per phase."]
+    return lines
 
 
 def _rm_quality_section(quality: Optional[Any]) -> str:

@@ -71,7 +71,7 @@ def test_a_missing_input_fails_at_load_naming_the_key(project, monkeypatch):
     monkeypatch.chdir(project)
     with pytest.raises(RecipeError, match=r"override 'data.eval_files=\[nope.jsonl\]'.*'data.eval_files': file not found"):
         load_recipe("recipes/mine.yaml", ["data.eval_files=[nope.jsonl]"])
-    with pytest.raises(RecipeError, match=r"'model.source': directory not found: no/such/model"):
+    with pytest.raises(RecipeError, match=r"'model.source': 'no/such/model' is not a model PageRL can load"):
         load_recipe("recipes/mine.yaml", ["model.source=no/such/model"])
     with pytest.raises(RecipeError, match=r"'rewards.python_path': directory not found"):
         load_recipe("recipes/mine.yaml", ["rewards.python_path=[missing_dir]"])

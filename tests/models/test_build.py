@@ -81,7 +81,7 @@ def test_flash_attention_without_gpu_is_a_clear_error(tokenizer):
             ModelConfig(tiny=TinyModelConfig(max_position_embeddings=100)),
             r"model\.tiny\.max_position_embeddings: the model handles 100 positions",
         ),
-        (ModelConfig(source="/no/such/model"), r"model\.source: '/no/such/model' is neither 'tiny'"),
+        (ModelConfig(source="/no/such/model"), r"model\.source: '/no/such/model' is not a model PageRL can load"),
     ],
 )
 def test_bad_model_config_is_a_clear_error(tokenizer, cfg, key):

@@ -121,7 +121,7 @@ def test_hf_tokenizer_gets_candidate_tokens_and_a_pad(tmp_path):
 
 
 def test_missing_or_tiny_source_is_a_clear_error(tmp_path):
-    with pytest.raises(SerializationError, match="model.source: .* is not a local model directory"):
+    with pytest.raises(SerializationError, match="model.source: .* is not a model PageRL can load"):
         load_policy_tokenizer(ModelConfig(source=str(tmp_path / "nope")))
     with pytest.raises(SerializationError, match="build_tokenizer"):
         load_policy_tokenizer(ModelConfig())
