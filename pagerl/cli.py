@@ -130,11 +130,13 @@ def _ablate(args: argparse.Namespace) -> int:
 def _eval_policy(args: argparse.Namespace) -> int:
     from pagerl import pipeline
     from pagerl.eval.evaluate import run_eval_stage
+    from pagerl.eval.policy_kinds import MANIFEST, is_saved_policy
 
     recipe = _load(args)
     model = Path(args.model).resolve()
-    if not (model / "config.json").is_file():
-        raise PageRLError(f"--model {args.model}: no saved policy there (expected a directory with config.json)")
+    if not is_saved_policy(model):
+        raise PageRLError(f"--model {args.model}: no saved policy there (expected a language model's directory "
+                          f"with config.json, or a policy with {MANIFEST} such as the rllib stage's)")
     run_eval_stage(recipe, pipeline.prepare_run_dir(recipe), policies={"policy": str(model)})
     return 0
 

@@ -28,10 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 SMOLLM2_PARAMETERS = 134_515_008
 HIDDEN = 576
 SMOKE = [
-    "sim.num_train_requests=48", "sim.num_eval_requests=8",
-    "sft.max_steps=2", "sft.checkpoint_every=2", "sft.log_every=1", "sft.warmup_steps=1",
-    "rm.max_steps=2", "rm.checkpoint_every=2", "rm.log_every=1", "rm.warmup_steps=1", "rm.quality_requests=4",
-    "rl.steps=2", "rl.requests_per_step=4", "rl.checkpoint_every=2", "rl.sync.probe_requests=2",
+    "sim.num_train_requests=48", "sim.num_eval_requests=4",
+    # One page per worker per step: the 135M model's forward and backward dominate every stage.
+    "sft.max_steps=2", "sft.micro_batch_size=1", "sft.checkpoint_every=2", "sft.log_every=1", "sft.warmup_steps=1",
+    "rm.max_steps=2", "rm.micro_batch_size=1", "rm.checkpoint_every=2", "rm.log_every=1", "rm.warmup_steps=1",
+    "rm.quality_requests=2", "rm.fidelity_requests=2",
+    "rl.steps=2", "rl.requests_per_step=2", "rl.rollout.samples_per_request=2", "rl.rollout.batch_size=4",
+    "rl.trainer.micro_batch_size=4", "rl.checkpoint_every=2", "rl.sync.probe_requests=1",
     # Only what the test checks: the learned policies' pages (every baseline's pages would also
     # be scored by the 135M reward model, the slowest part of a small eval).
     "eval.num_requests=4", "eval.bootstrap_resamples=200", "eval.baselines=[random]",

@@ -288,10 +288,19 @@ class RewardConfig:
     # the page reward on EOS times w_page. Page-only: w_item=0; item-only: w_page=0.
     w_page: float = 1.0
     w_item: float = 1.0
-    # Normalisation of page and item rewards (separately): "none", "running"
-    # (running mean/std over the run) or "group" (mean/std among the pages
-    # sampled for the same request, as in GRPO).
+    # Normalisation of page and item rewards: "none", "running" (running
+    # mean/std over the run, page and items apart), "joint" (the same means,
+    # but both divided by the page rewards' running std: one scale, so the
+    # page reward and the summed item rewards stay comparable) or "group"
+    # (mean/std among the pages sampled for the same request, as in GRPO).
     normalize: str = "running"
+    # What goes on EOS: "whole" (the page reward) or "residual" (the page
+    # reward minus the page's summed item rewards when w_item > 0: what the
+    # page reward says beyond them; needs normalize none or joint). With
+    # rl.slot_credit=to_go, residual credits slot t with
+    # w_page * (page - sum items) + w_item * (item rewards of slots >= t)
+    # (pagerl.rewards.token_rewards).
+    page_reward: str = "whole"
     # Normalised rewards are clipped to [-clip, clip]; 0 disables clipping.
     clip: float = 5.0
     # Reward on the last token of an invalid page (not K distinct candidates),
@@ -403,6 +412,12 @@ class RMConfig:
     quality_requests: int = 200
     quality_random_pages: int = 3
     quality_perturbed_pages: int = 4
+    # Credit fidelity (pagerl.rewards.fidelity): training requests on which
+    # the policy RL starts from samples rl.rollout.samples_per_request pages
+    # each, to measure how well each reward setting's token credit tracks the
+    # exact credit (needs the environment's exact scorer and a starting
+    # policy; 0 turns it off).
+    fidelity_requests: int = 200
     # Pages per forward pass when scoring.
     score_batch_size: int = 64
 
@@ -675,8 +690,11 @@ class AblationVariant:
 
 def _ablation_variants() -> List[AblationVariant]:
     # The paper's three: both rewards, the page-level one dropped, the item-level one dropped.
-    return [AblationVariant("mixed", []), AblationVariant("item_only", ["rewards.w_page=0"]),
-            AblationVariant("page_only", ["rewards.w_item=0"])]
+    # Matched scales: the reward a single-grained variant keeps gets the full weight 1, so that
+    # each variant credits the first token with one estimate of the page's value on the same
+    # scale (with rewards.normalize=joint), and dropping a reward never also shrinks the other.
+    return [AblationVariant("mixed", []), AblationVariant("item_only", ["rewards.w_page=0", "rewards.w_item=1"]),
+            AblationVariant("page_only", ["rewards.w_item=0", "rewards.w_page=1"])]
 
 
 @dataclass

@@ -211,7 +211,8 @@ def _reward_source(r: RecipeConfig) -> Finding:
 
 # Built into pagerl.rewards.token_rewards.NORMALIZATIONS; checking these needs
 # no torch import (recipe loading stays fast), other names ask the registry.
-_BUILTIN_NORMALIZATIONS = ("group", "none", "running")
+_BUILTIN_NORMALIZATIONS = ("group", "joint", "none", "running")
+_BUILTIN_PAGE_REWARDS = ("residual", "whole")
 
 
 @rule
@@ -226,6 +227,16 @@ def _reward_shaping(r: RecipeConfig) -> Finding:
         return "rewards.clip", f"expected 0 (no clipping) or a positive bound, got {w.clip}"
     if w.invalid_penalty < 0:
         return "rewards.invalid_penalty", f"expected 0 or more (it is subtracted), got {w.invalid_penalty}"
+    if w.page_reward not in _BUILTIN_PAGE_REWARDS:
+        from pagerl.rewards.token_rewards import PAGE_REWARDS
+
+        found = _one_of("rewards.page_reward", w.page_reward, tuple(sorted(PAGE_REWARDS)))
+        if found:
+            return found
+    if w.page_reward == "residual" and w.normalize not in ("none", "joint"):
+        return "rewards.page_reward", (f"'residual' subtracts the summed item rewards from the page reward, so both "
+                                       f"must be on one scale: expected rewards.normalize 'joint' or 'none', got "
+                                       f"{w.normalize!r}")
     if w.normalize in _BUILTIN_NORMALIZATIONS:
         return None
     from pagerl.rewards.token_rewards import NORMALIZATIONS
@@ -382,9 +393,9 @@ def _rl(r: RecipeConfig) -> Finding:
         return "rl.sync.bucket_mb", f"expected a positive size, got {c.sync.bucket_mb}"
     if c.sync.max_logprob_delta <= 0:
         return "rl.sync.max_logprob_delta", f"expected a positive bound, got {c.sync.max_logprob_delta}"
-    if "rl" in r.run.stages and r.rewards.normalize not in ("none", "running"):
+    if "rl" in r.run.stages and r.rewards.normalize == "group":
         return "rewards.normalize", ("the RL stage normalises within groups and per slot in its advantage "
-                                     "estimators (rl.algorithm, rl.baseline_scope); use 'running' or 'none'")
+                                     "estimators (rl.algorithm, rl.baseline_scope); use 'running', 'joint' or 'none'")
     if "rl" in r.run.stages:
         from pagerl.rl.algorithms import resolve_algorithm
 

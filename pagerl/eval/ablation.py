@@ -41,6 +41,7 @@ from pagerl.tracking.report import markdown_table, read_json, write_report
 ABLATION_DIR = "ablation"
 RESULTS_FILE = "ablation.json"
 TABLE_FILE = "ablation.md"
+FIDELITY_FILE = "credit_fidelity.json"
 # What the table compares (the paper's: NDCG@K and expected clicks).
 TABLE_METRICS = ("expected_clicks", "ndcg")
 
@@ -102,14 +103,17 @@ def run_ablation(recipe_path: str | Path, overrides: Sequence[str] = ()) -> Dict
     base_dir = pipeline.run_dir_of(base)
     variants = {v.name: list(v.overrides) for v in cfg.variants}
     plan = [(variant, int(seed)) for variant in variants for seed in cfg.seeds]
+    settings = {}
     for variant, seed in plan:
         # Every variant's keys and values are checked before any work (its paths exist only later).
-        load_recipe(recipe_path, [*overrides, *variants[variant], f"rl.seed={seed}"])
+        checked, _ = load_recipe(recipe_path, [*overrides, *variants[variant], f"rl.seed={seed}"])
+        settings[variant] = checked
     owned = ray_cluster.connect(base.distributed.ray_address)
     runs: Dict[str, Dict[int, Path]] = {v: {} for v in variants}
     try:
         CONSOLE.line(f"[ablate] shared stages ({', '.join(shared)}) and the baselines' eval in {base_dir}")
         pipeline.run(base, stages=[*shared, "eval"])
+        variant_credit_fidelity(base, base_dir, start, settings)
         for i, (variant, seed) in enumerate(plan, start=1):
             recipe, _ = load_recipe(recipe_path, [*overrides, *variants[variant],
                                                   *variant_overrides(base, base_dir, start, variant, seed)])
@@ -127,6 +131,40 @@ def run_ablation(recipe_path: str | Path, overrides: Sequence[str] = ()) -> Dict
         table["report"] = str(write_report(base_dir))
     CONSOLE.line("\n".join(format_markdown(table)))
     return table
+
+
+def variant_credit_fidelity(recipe: Any, base_dir: Path, start: str, variants: Mapping[str, Any]) -> Dict[str, Any]:
+    """Each variant's credit fidelity (:mod:`pagerl.rewards.fidelity`) on the shared starting policy and
+    reward model, written once to ``<base_dir>/ablation/credit_fidelity.json`` (and read back after):
+    why a variant learns what it learns, measured before any of them trains."""
+    from pagerl.data.io import read_impressions
+    from pagerl.rewards.fidelity import CreditSetting
+    from pagerl.rewards.models import load_reward_models
+    from pagerl.rewards.rm_stage import credit_fidelity_report, simulator_for
+    from pagerl.stages import STAGES
+
+    path = base_dir / ABLATION_DIR / FIDELITY_FILE
+    wanted = {name: CreditSetting(r.rewards, r.rl.slot_credit) for name, r in variants.items()}
+    saved = read_json(path)
+    if saved and set((saved.get("settings") or {})) == set(wanted):
+        return saved
+    if recipe.rewards.source != "learned":
+        report = {"skipped": f"rewards.source is {recipe.rewards.source!r}: the credit of the learned rewards "
+                             "is what the fidelity measures"}
+    else:
+        env, why = simulator_for(recipe, base_dir)
+        files = list(recipe.data.train_files) or [str(base_dir / "data" / "train.jsonl")]
+        impressions = read_impressions(files, on_bad_row=recipe.data.on_bad_row,
+                                       max_bad_fraction=recipe.data.max_bad_fraction).impressions
+        models = load_reward_models(recipe.rewards.model_dir or base_dir / "rm" / "final",
+                                    batch_size=recipe.rm.score_batch_size, dtype=recipe.model.dtype,
+                                    attn_implementation=recipe.model.attn_implementation)
+        found, skipped = credit_fidelity_report(recipe, models, env, why, impressions,
+                                                base_dir / STAGES[start].policy, settings=wanted)
+        report = found if found is not None else {"skipped": skipped}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    return report
 
 
 # ----------------------------------------------------------------- the table
@@ -212,6 +250,7 @@ def ablation_table(recipe: Any, base_dir: Path, start: str, runs: Mapping[str, M
         "runs": {v: {str(s): str(d) for s, d in by_seed.items()} for v, by_seed in runs.items()},
         "rl_summaries": {v: {str(s): _rl_summary(d) for s, d in by_seed.items()} for v, by_seed in runs.items()},
         "rm_quality": ((read_json(base_dir / "rm" / "quality.json") or {}).get("pair_accuracy")),
+        "credit_fidelity": read_json(base_dir / ABLATION_DIR / FIDELITY_FILE),
     }
     table["claims"] = claims(table)
     return table
@@ -295,12 +334,41 @@ def format_markdown(table: Mapping[str, Any]) -> List[str]:
                              [[c["claim"], label[c["metric"]], f"{c['diff']:+.4f}{_interval(c['ci'], digits=4)}",
                                "yes" if c["holds"] else ("ahead, not significant" if c["ahead"] else "no")]
                               for c in table["claims"]])
+    lines += _why_lines(table)
     quality = table.get("rm_quality")
     if isinstance(quality, dict) and quality:
         lines += ["", "The shared reward model's held-out pair accuracy per family (`rm/quality.json`):", ""]
         lines += markdown_table(["family", "pairs", "page head", "item head"],
                                  [[f, str(q.get("pairs", "")), f"{q.get('page_accuracy', float('nan')):.3f}",
                                    f"{q.get('item_accuracy', float('nan')):.3f}"] for f, q in quality.items()])
+    return lines
+
+
+def _why_lines(table: Mapping[str, Any]) -> List[str]:
+    """Per variant: its credit fidelity before training, and its rewards and KL at the last RL step."""
+    fidelity = (table.get("credit_fidelity") or {})
+    settings = fidelity.get("settings") or {}
+    summaries = table.get("rl_summaries") or {}
+    if not settings and not summaries:
+        return []
+    lines = ["", "Why, per variant: the credit fidelity of its reward setting on the starting policy's own "
+             "pages of training requests (`pagerl.rewards.fidelity`: correlation of its token credit with the "
+             "exact rewards' credit; measured before training"
+             + (f", {fidelity['requests']} requests × {fidelity['samples']} pages" if settings else
+                f"; {fidelity.get('skipped', 'not measured')}")
+             + "), and the mean over seeds of its total reward and its KL to the starting policy at the last "
+             "RL step:", ""]
+    rows = []
+    for v in table["variants"]:
+        last = list((summaries.get(v) or {}).values())
+        mean = {key: float(np.mean([s[key] for s in last])) if last and all(key in s for s in last) else None
+                for key in ("reward_total", "kl")}
+        row = settings.get(v) or {}
+        rows.append([f"`{v}`", "" if row.get("pooled") is None else f"{row['pooled']:.3f}",
+                     " / ".join(f"{x:.2f}" for x in row.get("per_slot") or [] if x is not None),
+                     "" if mean["reward_total"] is None else f"{mean['reward_total']:.4f}",
+                     "" if mean["kl"] is None else f"{mean['kl']:.4f}"])
+    lines += markdown_table(["variant", "credit fidelity", "per slot", "reward at the end", "KL at the end"], rows)
     return lines
 
 

@@ -45,6 +45,11 @@ def read_manifest(policy_dir: str | Path) -> Dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"kind": LM}
 
 
+def is_saved_policy(policy_dir: str | Path) -> bool:
+    """A directory a policy kind can load: one with a manifest, or a language model's ``config.json``."""
+    return (Path(policy_dir) / MANIFEST).is_file() or (Path(policy_dir) / "config.json").is_file()
+
+
 def saved_policy_pages(recipe: Any, policy_dir: str, requests: Sequence[Request], env: Any) -> Any:
     """The pages of the saved policy in ``policy_dir`` for ``requests`` (a ``MethodPages``)."""
     kind = str(read_manifest(policy_dir).get("kind", LM))

@@ -230,4 +230,7 @@ def flat_metrics(report: Dict[str, Any]) -> Dict[str, float]:
             out[f"eval_{family}_{key}"] = float(value)
     for key, value in (report.get("simulator") or {}).items():
         out[f"eval_{key}"] = float(value)
+    recipe_credit = ((report.get("credit_fidelity") or {}).get("settings") or {}).get("recipe") or {}
+    if recipe_credit.get("pooled") is not None:
+        out["eval_credit_fidelity"] = float(recipe_credit["pooled"])
     return out

@@ -230,7 +230,8 @@ def run_rm_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Impr
 
     if eval_impressions is None:
         eval_impressions = load_eval_impressions(recipe, run_dir)
-    quality = evaluate_reward_models(recipe, run_dir, final_dir, eval_impressions)
+    quality = evaluate_reward_models(recipe, run_dir, final_dir, eval_impressions,
+                                     train_impressions=impressions, policy_dir=policy_dir)
     pair_stats["eval"] = quality.pop("eval_pairs")
     quality["pairs"] = pair_stats
     quality["step"] = step
@@ -248,8 +249,12 @@ def run_rm_stage(recipe: RecipeConfig, run_dir: Path, impressions: Sequence[Impr
 
 
 def evaluate_reward_models(recipe: RecipeConfig, run_dir: Path, model_dir: Path,
-                           eval_impressions: Sequence[Impression]) -> Dict[str, Any]:
-    """The quality report (:func:`pagerl.rewards.quality.reward_quality`) of the model in ``model_dir``.
+                           eval_impressions: Sequence[Impression],
+                           train_impressions: Sequence[Impression] = (),
+                           policy_dir: Optional[str | Path] = None) -> Dict[str, Any]:
+    """The quality report (:func:`pagerl.rewards.quality.reward_quality`) of the model in ``model_dir``,
+    with the credit fidelity of the recipe's reward setting (:func:`credit_fidelity_report`) when
+    ``train_impressions`` and the starting policy ``policy_dir`` are given.
 
     Also used on ``<run_dir>/rm/init`` to show what an untrained model scores.
     """
@@ -259,10 +264,45 @@ def evaluate_reward_models(recipe: RecipeConfig, run_dir: Path, model_dir: Path,
     sim, why = simulator_for(recipe, run_dir)
     with torch_threads(max(1, int(recipe.distributed.cpus_per_worker))):
         report = reward_quality(models, eval_pairs.pairs, eval_impressions, recipe.rm, recipe.run.seed, sim)
+        report["credit_fidelity"], skipped = credit_fidelity_report(recipe, models, sim, why, train_impressions,
+                                                                    policy_dir)
+    if skipped:
+        report["credit_fidelity_skipped"] = skipped
     if sim is None:
         report["simulator_skipped"] = why
     report["eval_pairs"] = eval_pairs.to_dict()
     return report
+
+
+def credit_fidelity_report(recipe: RecipeConfig, models: Any, env: Any, no_env_why: str,
+                           train_impressions: Sequence[Impression], policy_dir: Optional[str | Path],
+                           settings: Optional[Dict[str, Any]] = None) -> tuple:
+    """``(report, "")`` of :func:`pagerl.rewards.fidelity.credit_fidelity` for ``settings`` (default: the
+    recipe's setting and its w_page sweep) on ``rm.fidelity_requests`` training requests, sampled by the
+    policy in ``policy_dir`` as the rollout samples; ``(None, why not)`` when it cannot be measured."""
+    from pagerl.rewards import fidelity
+
+    count = int(recipe.rm.fidelity_requests)
+    if count <= 0:
+        return None, "rm.fidelity_requests is 0"
+    if env is None:
+        return None, f"no exact scorer: {no_env_why}"
+    if policy_dir is None or not (Path(policy_dir) / "config.json").is_file():
+        return None, "no policy for RL to start from (the credit is measured on its own pages)"
+    if not train_impressions:
+        return None, "no training requests"
+    rollout = recipe.rl.rollout
+    if rollout.samples_per_request < 2:
+        return None, "rl.rollout.samples_per_request is 1: a group estimator needs two pages per request"
+    policy = load_policy(Path(policy_dir), recipe.model).eval()
+    sampled = fidelity.sample_pages(
+        policy, load_policy_tokenizer(str(policy_dir)),
+        fidelity.training_requests(train_impressions, count, recipe.run.seed),
+        samples=int(rollout.samples_per_request), temperature=float(rollout.temperature),
+        top_p=float(rollout.top_p), seed=int(recipe.run.seed), batch_size=int(rollout.batch_size))
+    if settings is None:
+        settings = fidelity.recipe_settings(recipe.rewards, recipe.rl.slot_credit)
+    return fidelity.credit_fidelity(models.score, env, sampled, settings, recipe.rl.algorithm), ""
 
 
 @contextmanager
@@ -297,3 +337,8 @@ def _print_quality(quality: Dict[str, Any]) -> None:
               f"summed items {sim['item_sum_spearman']:.3f}, "
               f"item {sim['item_spearman']:.3f} (same slot {sim['item_spearman_same_slot']:.3f}, "
               f"pooled {sim['item_spearman_pooled']:.3f})", flush=True)
+    credit = (quality.get("credit_fidelity") or {}).get("settings") or {}
+    if credit:
+        print("[rm] credit fidelity on the starting policy's pages: "
+              + ", ".join(f"{name} {row['pooled']:.3f}" for name, row in credit.items()
+                          if row["pooled"] is not None), flush=True)

@@ -24,6 +24,13 @@ and the ``rewards.*`` keys w_page, w_item, normalize, clip, invalid_penalty.
      ``all_reduce``), give p^ = (p - mean_p) / (std_p + eps); the same with
      the item moments over every item reward for I^. std is the population
      standard deviation;
+   - ``joint``:   the same running moments, but one scale for both: the
+     page rewards' std, s = std_p + eps, so p^ = (p - mean_p) / s and
+     I^ = (I - mean_I) / s. The page reward and the summed item rewards of a
+     page are two estimates of one quantity (the page's clicks, in the learned
+     and simulator sources alike), and this keeps them comparable: what
+     ``page_reward: residual`` needs, and what makes w_page and w_item shares
+     of one scale rather than weights of two unrelated ones;
    - ``group``:   pages with the same ``group_ids`` (the pages sampled for one
      request, as GRPO groups them): p^[b] = (p[b] - mean_g p) / (std_g p + eps)
      over the valid pages of b's group, I^ likewise over all item rewards of
@@ -31,15 +38,33 @@ and the ``rewards.*`` keys w_page, w_item, normalize, clip, invalid_penalty.
 
 3. **Clipping**: p~ = clamp(p^, -clip, clip), I~ = clamp(I^, -clip, clip)
    (no clipping when clip = 0).
-4. **Placement.** For a valid page let t_0 < t_1 < ... < t_K be its K + 1
+4. **The page reward** (``rewards.page_reward``, :data:`PAGE_REWARDS`):
+
+   - ``whole``:    P~[b] = p~[b], the page reward as it is;
+   - ``residual``: P~[b] = p~[b] - sum_k I~[b, k] when w_item > 0 (else
+     p~[b]): what the page reward says beyond the item rewards in use.
+
+   Why ``residual``: an RL estimator credits the page reward to every token
+   of the page, so slot t's token is also credited with the value of the
+   slots above it, which were laid out before t and which t cannot change.
+   With ``rl.slot_credit: to_go`` the credit of slot t is then
+   w_page * (p - sum_s I_s) + w_item * sum_{s >= t} I_s: at the first token
+   (w_item = 1) the mix w_page * p + (1 - w_page) * sum I of the two
+   page-value estimates, at slot t the items' reward-to-go plus the page
+   reward's correction for what the items miss (page-level effects, and
+   the item model's blind spot for items below a slot). Measured on the
+   starting policy's own samples (:mod:`pagerl.rewards.fidelity`), this
+   credit tracks the exact credit better than crediting the whole page
+   reward to every token.
+5. **Placement.** For a valid page let t_0 < t_1 < ... < t_K be its K + 1
    response positions (M[b, t] = 1; exactly K + 1 of them, else an error).
    The token reward is
 
        R[b, t_k] = w_item * I~[b, k]   for k < K   (item k's index token)
-       R[b, t_K] = w_page * p~[b]                  (EOS)
+       R[b, t_K] = w_page * P~[b]                  (EOS)
 
    and 0 elsewhere.
-5. **Invalid pages** (v[b] = 0): R[b, last response position] =
+6. **Invalid pages** (v[b] = 0): R[b, last response position] =
    -invalid_penalty, 0 elsewhere (no weights, normalisation or clipping).
    With constrained decoding there are none; without it this is what teaches
    the policy to produce valid pages.
@@ -58,6 +83,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import torch
 
 from pagerl.config.schema import RewardConfig
+from pagerl.registry import Registry, lookup, register
 from pagerl.rewards.sources import RewardError
 
 EPS = 1e-6
@@ -202,6 +228,16 @@ def _running(page, items, valid, group_ids, normalizer, all_reduce, group):
     return (page - p.mean) / (p.std + EPS), (items - i.mean) / (i.std + EPS)
 
 
+@register_normalization("joint")
+def _joint(page, items, valid, group_ids, normalizer, all_reduce, group):
+    if normalizer is None:
+        raise ValueError("rewards.normalize=joint needs a RewardNormalizer (it keeps the running moments)")
+    normalizer.page.update(page[valid], all_reduce, group)
+    normalizer.item.update(items[valid], all_reduce, group)
+    scale = normalizer.page.std + EPS
+    return (page - normalizer.page.mean) / scale, (items - normalizer.item.mean) / scale
+
+
 @register_normalization("group")
 def _per_group(page, items, valid, group_ids, normalizer, all_reduce, group):
     if group_ids is None:
@@ -216,6 +252,51 @@ def _per_group(page, items, valid, group_ids, normalizer, all_reduce, group):
         out_page[rows] = (pg - pg.mean()) / (pg.std(unbiased=False) + EPS)
         out_items[rows] = (it - it.mean()) / (it.std(unbiased=False) + EPS)
     return out_page, out_items
+
+
+# ------------------------------------------------------------ page reward
+
+# (page~[B], items~[B, K], w_item) -> P~[B]: what goes on EOS times w_page.
+PAGE_REWARDS = Registry("rewards.page_reward")
+# Page rewards that subtract item rewards, so both must be on one scale.
+NEEDS_ONE_SCALE = ("residual",)
+ONE_SCALE_NORMALIZATIONS = ("none", "joint")
+
+
+@register(PAGE_REWARDS, "whole")
+def _whole_page(page: torch.Tensor, items: torch.Tensor, w_item: float) -> torch.Tensor:
+    return page
+
+
+@register(PAGE_REWARDS, "residual")
+def _residual_page(page: torch.Tensor, items: torch.Tensor, w_item: float) -> torch.Tensor:
+    return page - items.sum(dim=1) if w_item > 0 else page
+
+
+def shaped_rewards(
+    page: torch.Tensor,
+    items: torch.Tensor,
+    valid: torch.Tensor,
+    cfg: RewardConfig,
+    normalizer: Optional[RewardNormalizer] = None,
+    group_ids: Optional[torch.Tensor] = None,
+    all_reduce: bool = False,
+    process_group: Any = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Steps 2-4 of the module doc: ``(P~[B], I~[B, K])``, the page and item rewards the
+    weights multiply. The RL controller and :func:`assemble_token_rewards` both call this,
+    so the estimators and the token rewards start from the same numbers."""
+    normalize = NORMALIZATIONS.get(cfg.normalize)
+    if normalize is None:
+        raise ValueError(f"rewards.normalize: unknown {cfg.normalize!r}; expected one of {sorted(NORMALIZATIONS)}")
+    page_reward = lookup(PAGE_REWARDS, cfg.page_reward)
+    if cfg.page_reward in NEEDS_ONE_SCALE and cfg.normalize not in ONE_SCALE_NORMALIZATIONS:
+        raise ValueError(f"rewards.page_reward={cfg.page_reward} subtracts item rewards from page rewards: "
+                         f"expected rewards.normalize in {ONE_SCALE_NORMALIZATIONS}, got {cfg.normalize!r}")
+    page, items = normalize(page, items, valid, group_ids, normalizer, all_reduce, process_group)
+    if cfg.clip > 0:
+        page, items = page.clamp(-cfg.clip, cfg.clip), items.clamp(-cfg.clip, cfg.clip)
+    return page_reward(page, items, float(cfg.w_item)), items
 
 
 # ----------------------------------------------------------------- assembly
@@ -279,9 +360,6 @@ def assemble_token_rewards(
             f"expected valid ({b},) and response_mask ({b}, T), got {tuple(valid.shape)} and "
             f"{tuple(response_mask.shape)}"
         )
-    normalize = NORMALIZATIONS.get(cfg.normalize)
-    if normalize is None:
-        raise ValueError(f"rewards.normalize: unknown {cfg.normalize!r}; expected one of {sorted(NORMALIZATIONS)}")
     dtype = page_rewards.dtype if page_rewards.is_floating_point() else torch.float32
     valid = valid.to(torch.bool)
     _check_finite(page_rewards, item_rewards, valid)
@@ -289,9 +367,7 @@ def assemble_token_rewards(
     page = torch.where(valid, page_rewards.to(dtype), torch.zeros((), dtype=dtype))
     items = torch.where(valid[:, None], item_rewards.to(dtype), torch.zeros((), dtype=dtype))
 
-    page, items = normalize(page, items, valid, group_ids, normalizer, all_reduce, process_group)
-    if cfg.clip > 0:
-        page, items = page.clamp(-cfg.clip, cfg.clip), items.clamp(-cfg.clip, cfg.clip)
+    page, items = shaped_rewards(page, items, valid, cfg, normalizer, group_ids, all_reduce, process_group)
 
     positions, counts = response_positions(response_mask)
     rewards = torch.zeros(response_mask.shape, dtype=dtype, device=page.device)

@@ -412,14 +412,10 @@ class RLController:
         return xp.split(batch, len(self.trainers))
 
     def _normalize(self, page: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor):
-        """``rewards.normalize`` and ``rewards.clip`` (pagerl.rewards.token_rewards), page and items apart."""
-        from pagerl.rewards.token_rewards import NORMALIZATIONS
+        """``rewards.normalize``, ``rewards.clip`` and ``rewards.page_reward`` (pagerl.rewards.token_rewards)."""
+        from pagerl.rewards.token_rewards import shaped_rewards
 
-        cfg = self.recipe.rewards
-        page_n, items_n = NORMALIZATIONS[cfg.normalize](page, items, valid, group_ids, self.normalizer, False, None)
-        if cfg.clip > 0:
-            page_n, items_n = page_n.clamp(-cfg.clip, cfg.clip), items_n.clamp(-cfg.clip, cfg.clip)
-        return page_n, items_n
+        return shaped_rewards(page, items, valid, self.recipe.rewards, self.normalizer, group_ids)
 
     def _lr(self, step: int) -> float:
         from pagerl.train.engine import lr_at

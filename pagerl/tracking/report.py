@@ -28,7 +28,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -91,6 +91,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         "sft": _sft_section(run_dir, plots),
         "rm": _curve_section(run_dir, plots, "rm", "Reward-model learning curve"),
         "rm_quality": _rm_quality_section(read_json(run_dir / "rm" / "quality.json")),
+        "rllib": _rllib_section(run_dir, plots),
         "rl": _rl_section(run_dir, plots),
         "eval": _eval_section(read_json(run_dir / "eval" / "results.json"), plots),
         "obd": obd_section(read_json(run_dir / "eval" / "results.json")),
@@ -267,23 +268,8 @@ def _rl_section(run_dir: Path, plots: Path) -> str:
     if not rows:
         return _skipped(title, "no RL steps in `metrics.jsonl`")
     evals = [r for r in every if "eval/ndcg" in r]
-    panels = RL_PANELS + (RL_EVAL_PANELS if evals else ())
-    columns = (len(panels) + 1) // 2
-    fig = Figure(figsize=(6.0 * columns, 6.4))
-    for i, (name, keys) in enumerate(panels):
-        ax = fig.add_subplot(2, columns, i + 1)
-        for key in keys:
-            sparse = key.startswith("eval/")
-            steps, values = metric_series(evals if sparse else rows, "rl", key)
-            ax.plot(steps, [v if v is not None else math.nan for v in values], label=key, linewidth=1.3,
-                    marker="o" if sparse else None, markersize=3)
-        ax.set_title(name)
-        ax.set_xlabel("RL step")
-        ax.grid(True, alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    png = _save(fig, plots / "rl_curves.png")
+    png = _plot_panels(RL_PANELS + (RL_EVAL_PANELS if evals else ()), "rl",
+                       lambda key: evals if key.startswith("eval/") else rows, "RL step", plots / "rl_curves.png")
     first, last = rows[0], rows[-1]
     lines = [f"## {title}", "", f"![rl curves]({PLOTS_DIR}/{png.name})", "",
              f"{len(rows)} RL steps (stage `rl` of `{METRICS_FILE}`, written by `pagerl.rl.controller`); "
@@ -292,6 +278,56 @@ def _rl_section(run_dir: Path, plots: Path) -> str:
     lines += markdown_table(["", *RL_TABLE], [["first step", *[_fmt(first.get(k)) for k in RL_TABLE]],
                                       ["last step", *[_fmt(last.get(k)) for k in RL_TABLE]]])
     return "\n".join(lines + _rl_eval_lines(evals, rows))
+
+
+def _plot_panels(panels: Sequence[Tuple[str, Sequence[str]]], stage: str,
+                 rows_of: Callable[[str], Sequence[Mapping[str, Any]]], xlabel: str, path: Path) -> Path:
+    """Two rows of panels, one curve per metric key; keys named ``eval/*`` are sparse (marked points)."""
+    columns = (len(panels) + 1) // 2
+    fig = Figure(figsize=(6.0 * columns, 6.4))
+    for i, (name, keys) in enumerate(panels):
+        ax = fig.add_subplot(2, columns, i + 1)
+        for key in keys:
+            sparse = key.startswith("eval/")
+            steps, values = metric_series(rows_of(key), stage, key)
+            ax.plot(steps, [v if v is not None else math.nan for v in values], label=key, linewidth=1.3,
+                    marker="o" if sparse else None, markersize=3)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# The RLlib baseline's training (stage "rllib", pagerl.eval.rllib_baseline): what PPO logged per iteration.
+RLLIB_PANELS = (
+    ("mean page reward of the sampled pages", ("reward_mean",)),
+    ("losses", ("policy_loss", "vf_loss")),
+    ("entropy of the score distribution", ("entropy",)),
+    ("KL between consecutive policies", ("kl",)),
+)
+RLLIB_TABLE = ("reward_mean", "policy_loss", "vf_loss", "vf_explained_var", "entropy", "kl", "pages_sampled",
+               "seconds")
+
+
+def _rllib_section(run_dir: Path, plots: Path) -> str:
+    """Training curves of the RLlib baseline (stage ``rllib`` of ``metrics.jsonl``)."""
+    title = "RLlib baseline training"
+    rows = read_metrics(run_dir, stage="rllib") if (run_dir / METRICS_FILE).exists() else []
+    if not rows:
+        return ""  # the run has no rllib stage: nothing to say
+    png = _plot_panels(RLLIB_PANELS, "rllib", lambda key: rows, "PPO iteration", plots / "rllib_curves.png")
+    first, last = rows[0], rows[-1]
+    lines = [f"## {title}", "", f"![rllib curves]({PLOTS_DIR}/{png.name})", "",
+             f"{len(rows)} PPO iterations of the candidate-scoring policy (stage `rllib` of `{METRICS_FILE}`, "
+             "written by `pagerl.eval.rllib_baseline`): the rewards are the environment's (`rllib.reward`) on "
+             "the pages the policy sampled while it learned; its held-out figures are in the evaluation table.",
+             ""]
+    lines += markdown_table(["", *RLLIB_TABLE], [["first iteration", *[_fmt(first.get(k)) for k in RLLIB_TABLE]],
+                                          ["last iteration", *[_fmt(last.get(k)) for k in RLLIB_TABLE]]])
+    return "\n".join(lines)
 
 
 def _rl_eval_lines(evals: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> List[str]:
@@ -342,7 +378,26 @@ def _rm_quality_section(quality: Optional[Any]) -> str:
                   "(`pagerl.rewards.quality.simulator_correlation`): page reward vs expected clicks of "
                   "the page, item reward vs the slot's expected clicks; within-request unless pooled.", ""]
         lines += markdown_table(["metric", "value"], [[k, _fmt(v)] for k, v in sim.items()])
+    lines += credit_fidelity_lines(quality.get("credit_fidelity"), quality.get("credit_fidelity_skipped"))
     return "\n".join(lines)
+
+
+def credit_fidelity_lines(report: Optional[Mapping[str, Any]], skipped: Optional[str] = None) -> List[str]:
+    """The credit-fidelity table (:mod:`pagerl.rewards.fidelity`): one row per reward setting."""
+    if not report:
+        return ["", f"Credit fidelity: not measured ({skipped})."] if skipped else []
+    lines = ["", f"Credit fidelity (`pagerl.rewards.fidelity`): on {report['requests']} training requests, "
+             f"{report['samples']} pages each sampled by the policy RL starts from, the Pearson correlation "
+             f"of each setting's token credit ({report['estimator']}, learned rewards) with the credit of "
+             "the exact rewards (each slot's expected clicks and those of the slots below it), over every "
+             "item token, and per slot.", ""]
+    rows = []
+    for name, row in report["settings"].items():
+        rows.append([name, _fmt(row["w_page"]), _fmt(row["w_item"]), row["normalize"], row["page_reward"],
+                     row["slot_credit"], _fmt(row["pooled"]), " / ".join(_fmt(v) for v in row["per_slot"])])
+    lines += markdown_table(["setting", "w_page", "w_item", "normalize", "page reward", "slot credit",
+                             "fidelity", "per slot"], rows)
+    return lines
 
 
 def _eval_section(results: Optional[Any], plots: Path) -> str:

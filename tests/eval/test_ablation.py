@@ -62,10 +62,37 @@ def test_the_table_matches_figures_computed_by_hand(tmp_path):
     holds = {(c["claim"], c["metric"]): c["holds"] for c in table["claims"]}
     assert holds[("mixed ahead of item_only", "expected_clicks")]
     assert holds[("item_only ahead of sft", "ndcg")] and holds[("mixed ahead of sft", "expected_clicks")]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in format_markdown(table) if line.startswith("| `")}
+    rows = {}
+    for line in format_markdown(table):  # the first row a variant has is its row of the main table
+        if line.startswith("| `"):
+            rows.setdefault(line.split("|")[1].strip(), [c.strip() for c in line.split("|")[2:-1]])
     assert rows["`item_only`"][:2] == ["`rewards.w_page=0`", "1.6000 (seed sd 0.0000)"]
     assert rows["`item_only`"][3].startswith("-11.1% [")  # item_only vs mixed in expected clicks
+
+
+def test_the_why_table_shows_credit_fidelity_and_the_last_rl_figures(tmp_path):
+    recipe = _recipe("ablation.seeds=[0,1]", 'ablation.variants=[{name: mixed}, {name: page_only}]')
+    base = tmp_path / "base"
+    _write_pages(base, "sft", [1.0, 2.0], [0.5, 0.5])
+    runs = {"mixed": {}, "page_only": {}}
+    for variant, kl in (("mixed", (0.1, 0.3)), ("page_only", (0.02, 0.04))):
+        for seed in (0, 1):
+            run = runs[variant][seed] = tmp_path / f"{variant}-seed{seed}"
+            _write_pages(run, "rl", [1.5, 2.5], [0.6, 0.6])
+            (run / "rl").mkdir()
+            (run / "rl" / "summary.json").write_text(json.dumps({"last": {"reward_total": 1.0 + seed, "kl": kl[seed]}}))
+    (base / "ablation").mkdir()
+    (base / "ablation" / "credit_fidelity.json").write_text(json.dumps({
+        "requests": 200, "samples": 4, "estimator": "rloo",
+        "settings": {"mixed": {"pooled": 0.47, "per_slot": [0.52, 0.39]},
+                     "page_only": {"pooled": 0.12, "per_slot": [0.48, -0.02]}}}))
+    lines = format_markdown(ablation_table(recipe, base, "sft", runs))
+    why = lines[next(i for i, line in enumerate(lines) if line.startswith("Why, per variant")):]
+    assert "200 requests × 4 pages" in why[0]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in why if line.startswith("| `")}
+    assert rows["`mixed`"] == ["0.470", "0.52 / 0.39", "1.5000", "0.2000"]
+    assert rows["`page_only`"] == ["0.120", "0.48 / -0.02", "1.5000", "0.0300"]
 
 
 def test_runs_scoring_other_requests_are_refused(tmp_path):

@@ -119,6 +119,28 @@ def test_a_few_ppo_iterations_beat_random_on_held_out_requests(tmp_path):
     assert again["rllib"] == {"skipped": True} and again["eval"] == {"skipped": True}
     assert len(read_metrics(run_dir, stage="rllib")) == 3
 
+    # Its training curves are a section of the run's report.
+    from pagerl.tracking.report import write_report
+
+    report = write_report(run_dir).read_text()
+    assert "## RLlib baseline training" in report and (run_dir / "plots" / "rllib_curves.png").is_file()
+
+    # `pagerl eval-policy --model <its directory>` scores the saved policy alone, as the eval stage did.
+    from pagerl.cli import main
+
+    overrides = [f"run.output_dir={tmp_path}", "run.name=rllib_alone", "run.stages=[synth,eval]",
+                 "sim.num_train_requests=20", "sim.num_eval_requests=200", "eval.num_requests=200",
+                 "eval.baselines=[]", "tracking.tensorboard=false", "tracking.report=false", "eval.ips_check=false"]
+    data = tmp_path / "rllib_alone" / "data"
+    data.parent.mkdir()
+    import shutil
+
+    shutil.copytree(run_dir / "data", data)
+    assert main(["eval-policy", str(REPO / "recipes/quickstart.yaml"), *overrides,
+                 "--model", str(run_dir / "rllib" / "policy")]) == 0
+    alone = json.loads((tmp_path / "rllib_alone" / "eval" / "results.json").read_text())["methods"]["policy"]
+    assert alone["expected_clicks"] == pytest.approx(results["methods"]["rllib"]["expected_clicks"], abs=1e-12)
+
 
 @pytest.fixture(scope="module")
 def local_ray():

@@ -230,6 +230,11 @@ def test_unknown_source_and_bad_keys_are_recipe_errors(tmp_path):
         recipe("rewards.normalize=batch")
     with pytest.raises(RecipeError, match="both 0"):
         recipe("rewards.w_page=0", "rewards.w_item=0")
+    with pytest.raises(RecipeError, match="'rewards.page_reward': expected one of 'residual', 'whole'"):
+        recipe("rewards.page_reward=partial")
+    with pytest.raises(RecipeError, match="'rewards.page_reward': 'residual' .* one scale.*'running'"):
+        recipe("rewards.page_reward=residual", "rewards.normalize=running")
+    recipe("rewards.page_reward=residual", "rewards.normalize=joint")  # one scale: accepted
     with pytest.raises(RecipeError, match="'rewards.max_batch_retries'"):
         recipe("rewards.max_batch_retries=-1")
 

@@ -99,6 +99,40 @@ def test_invalid_pages_do_not_enter_the_running_moments():
     assert norm.item.state_dict() == {"count": 2.0, "mean": 2.0, "m2": 2.0}
 
 
+def test_joint_normalisation_puts_page_and_items_on_the_page_scale():
+    norm = RewardNormalizer()
+    out = assemble_token_rewards(PAGE, ITEMS, BOTH, MASK, cfg(normalize="joint"), norm)
+    # page rewards 2, 4: mean 3, std 1 -- the one scale; item rewards 1, 3, 5, 7: mean 4
+    expected = torch.tensor([
+        [0, 0, (1 - 4) / (1 + EPS), (3 - 4) / (1 + EPS), (2 - 3) / (1 + EPS), 0],
+        [0, (5 - 4) / (1 + EPS), (7 - 4) / (1 + EPS), (4 - 3) / (1 + EPS), 0, 0],
+    ])
+    torch.testing.assert_close(out, expected)
+    # the same running moments as "running" keeps (so a checkpoint holds the same state)
+    assert norm.page.state_dict() == {"count": 2.0, "mean": 3.0, "m2": 2.0}
+    assert norm.item.state_dict() == {"count": 4.0, "mean": 4.0, "m2": 20.0}
+
+
+@pytest.mark.parametrize("w_page, w_item", [(0.5, 2.0), (0.2, 1.0)])
+def test_residual_page_reward_is_what_the_page_says_beyond_its_items(w_page, w_item):
+    out = assemble_token_rewards(PAGE, ITEMS, BOTH, MASK, cfg(page_reward="residual", w_page=w_page, w_item=w_item))
+    # page 0: 2 - (1 + 3) = -2; page 1: 4 - (5 + 7) = -8
+    expected = torch.tensor([[0, 0, w_item * 1, w_item * 3, w_page * -2, 0],
+                             [0, w_item * 5, w_item * 7, w_page * -8, 0, 0]])
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    # without item rewards nothing is explained: the page reward is placed whole
+    alone = assemble_token_rewards(PAGE, ITEMS, BOTH, MASK, cfg(page_reward="residual", w_page=1.0, w_item=0.0))
+    torch.testing.assert_close(alone, torch.tensor([[0, 0, 0, 0, 2.0, 0], [0, 0, 0, 4.0, 0, 0]]), rtol=0, atol=0)
+
+
+def test_residual_page_reward_needs_one_scale():
+    with pytest.raises(ValueError, match="rewards.normalize"):
+        assemble_token_rewards(PAGE, ITEMS, BOTH, MASK, cfg(page_reward="residual", normalize="running"),
+                               RewardNormalizer())
+    with pytest.raises(ValueError, match="rewards.page_reward"):
+        assemble_token_rewards(PAGE, ITEMS, BOTH, MASK, cfg(page_reward="sideways"))
+
+
 def test_group_normalisation():
     # four pages, two per request; K = 2
     page = torch.tensor([1.0, 3.0, 10.0, 10.0])
