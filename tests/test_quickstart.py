@@ -16,7 +16,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 
-# The run alone is about 13 minutes on 2 cores (README); the suite-wide 900 s limit would cut it.
+# The run alone is about 11 minutes on 2 cores (README); the suite-wide 900 s limit could cut it.
 @pytest.mark.timeout(2400)
 def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
     repo, command = fresh_repo, main_command

@@ -42,3 +42,33 @@ def deepspeed_config(
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+
+
+# DeepSpeed's name for its shared-memory all-reduce op (deepspeed.ops.op_builder).
+_SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def skip_shm_comm_op() -> None:
+    """Tell DeepSpeed not to build its shared-memory all-reduce op in this process.
+
+    DeepSpeed JIT-compiles that C++ op the first time a process sets up its
+    communication backend on CPU: 30-85 s and a compiler on every fresh machine,
+    paid by a new user's first quickstart. It serves only
+    ``inference_all_reduce``, the collective of DeepSpeed's tensor-parallel
+    inference kernels, which PageRL does not use: its training collectives are
+    torch.distributed's (gloo on CPU, NCCL on GPU). DeepSpeed decides whether to
+    build an op from ``deepspeed.ops.__compatible_ops__``, a dict computed once
+    per process, so marking the op incompatible there before its backend starts
+    skips the build and changes nothing else.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__[_SHM_COMM_OP] = False
+
+
+def initialize(**kwargs: Any) -> Any:
+    """``deepspeed.initialize(**kwargs)`` after :func:`skip_shm_comm_op`: how every stage starts DeepSpeed."""
+    import deepspeed
+
+    skip_shm_comm_op()
+    return deepspeed.initialize(**kwargs)

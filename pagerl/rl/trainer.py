@@ -162,12 +162,12 @@ class PolicyTrainerRank:
         wrapper = CausalLMLogprobs(model.to(self.device), page_tokens=self.page_tokens)
         if dist_cfg.zero_stage != 3:
             return wrapper
-        import deepspeed
+        from pagerl.distributed.deepspeed_config import initialize as initialize_deepspeed
 
         config = {"train_micro_batch_size_per_gpu": int(self.cfg.trainer.micro_batch_size),
                   "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
                   "bf16": {"enabled": self.recipe.model.dtype == "bfloat16"}, "steps_per_print": 1 << 30}
-        engine, *_ = deepspeed.initialize(model=wrapper, config=config)
+        engine, *_ = initialize_deepspeed(model=wrapper, config=config)
         return engine
 
     # -- experience -------------------------------------------------------------------------

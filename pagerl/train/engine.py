@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import deepspeed
 import torch
 import torch.distributed as torch_dist
 from safetensors.torch import load_file, save_file
@@ -26,6 +25,7 @@ from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 from pagerl.config.schema import DistributedConfig
 from pagerl.distributed import checkpoint as ckpt
 from pagerl.distributed.deepspeed_config import deepspeed_config
+from pagerl.distributed.deepspeed_config import initialize as initialize_deepspeed
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 from pagerl.train.batching import Schedule
@@ -89,7 +89,7 @@ class ZeroPolicy:
             dist_cfg, dtype=dtype, micro_batch_size=micro_batch_size,
             grad_accum_steps=grad_accum_steps, grad_clip=grad_clip,
         )
-        self.engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+        self.engine, _, _, _ = initialize_deepspeed(model=module, optimizer=optimizer, config=config)
         if resume_dir is not None and resume_state is not None:
             if dtype != "float32":
                 master = load_file(str(resume_dir / ckpt.MASTER_WEIGHTS))

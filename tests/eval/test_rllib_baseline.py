@@ -126,7 +126,7 @@ def test_a_few_ppo_iterations_beat_random_on_held_out_requests(tmp_path):
     assert "## RLlib baseline training" in report and (run_dir / "plots" / "rllib_curves.png").is_file()
 
     # `pagerl eval-policy --model <its directory>` scores the saved policy alone, as the eval stage did.
-    from pagerl.cli import main
+    from pagerl.cli import _main as cli
 
     overrides = [f"run.output_dir={tmp_path}", "run.name=rllib_alone", "run.stages=[synth,eval]",
                  "sim.num_train_requests=20", "sim.num_eval_requests=200", "eval.num_requests=200",
@@ -136,7 +136,7 @@ def test_a_few_ppo_iterations_beat_random_on_held_out_requests(tmp_path):
     import shutil
 
     shutil.copytree(run_dir / "data", data)
-    assert main(["eval-policy", str(REPO / "recipes/quickstart.yaml"), *overrides,
+    assert cli(["eval-policy", str(REPO / "recipes/quickstart.yaml"), *overrides,
                  "--model", str(run_dir / "rllib" / "policy")]) == 0
     alone = json.loads((tmp_path / "rllib_alone" / "eval" / "results.json").read_text())["methods"]["policy"]
     assert alone["expected_clicks"] == pytest.approx(results["methods"]["rllib"]["expected_clicks"], abs=1e-12)

@@ -396,7 +396,9 @@ _ZERO3_SCRIPT = textwrap.dedent(
     tcl = importlib.util.module_from_spec(spec); spec.loader.exec_module(tcl)
     from pagerl.models.generate import generate_pages
     from pagerl.models.logprobs import CausalLMLogprobs
+    from pagerl.distributed.deepspeed_config import skip_shm_comm_op
 
+    skip_shm_comm_op()  # as every PageRL stage does: no C++ build
     deepspeed.init_distributed(dist_backend="gloo")
     out = {}
     for variant in ("pointer-llama", "pointer-qwen2-tied"):

@@ -156,7 +156,9 @@ _ZERO3_SCRIPT = textwrap.dedent(
     sys.path.insert(0, os.environ["TEST_DIR"])
     from test_logprobs import tiny_model, batch, hf_reference
     from pagerl.models.logprobs import CausalLMLogprobs
+    from pagerl.distributed.deepspeed_config import skip_shm_comm_op
 
+    skip_shm_comm_op()  # as every PageRL stage does: no C++ build
     deepspeed.init_distributed(dist_backend="gloo")
     out = {}
     for family in ("llama", "qwen2"):
@@ -202,10 +204,13 @@ def test_under_deepspeed_zero3_the_partitioned_head_is_gathered(tmp_path):
     env = dict(
         os.environ, TEST_DIR=os.path.dirname(__file__), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000),
         RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_extensions"),
     )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    # DeepSpeed started on gloo without compiling anything (pagerl.distributed.deepspeed_config.skip_shm_comm_op)
+    assert not (tmp_path / "torch_extensions").exists(), list((tmp_path / "torch_extensions").rglob("*"))[:5]
     results = json.loads(lines[-1][len("RESULTS "):])
     for family, res in results.items():
         assert res["partitioned"], f"{family}: the head weight was not partitioned by ZeRO-3"

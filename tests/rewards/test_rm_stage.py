@@ -60,7 +60,7 @@ def setup_run(tmp_path: Path, recipe_file: str, name: str, *overrides: str):
 def test_reward_models_learn_on_quickstart_data(tmp_path, local_ray):
     # One epoch of the quickstart's pairs (448 steps), not its 1,300: the floors are far below what
     # the full stage reaches (page Spearman 0.66), and the quickstart test runs that stage whole.
-    recipe, run_dir, train, evals = setup_run(tmp_path, "quickstart.yaml", "learn", "rm.max_steps=450")
+    recipe, run_dir, train, evals = setup_run(tmp_path, "quickstart.yaml", "learn", "rm.max_steps=300")
     out = run_rm_stage(recipe, run_dir, train, eval_impressions=evals)
     assert out["finished"] and out["step"] == recipe.rm.max_steps
 
