@@ -23,6 +23,7 @@ from pagerl.distributed import ray_cluster
 from pagerl.errors import PageRLError
 from pagerl.stages import STAGES, RunContext, stage
 from pagerl.tracking.console import CONSOLE
+from pagerl.tracking.timings import record_stage_time
 
 # Sections whose change makes an existing run directory meaningless to resume.
 _FROZEN_SECTIONS = ("sim", "data", "model", "distributed")
@@ -89,9 +90,15 @@ def run(recipe: RecipeConfig, stages: Optional[List[str]] = None) -> Dict[str, A
                 if entry.uses_ray and owns_ray is None:
                     owns_ray = ray_cluster.connect(recipe.distributed.ray_address)
                 t0 = time.perf_counter()
-                out = entry.run(ctx)
+                outcome = "failed"
+                try:
+                    out = entry.run(ctx)
+                    outcome = "finished" if out.get("finished", True) else "stopped"
+                finally:
+                    # Every attempt is on the record, one that raised included (pagerl.tracking.timings).
+                    record_stage_time(run_dir, name, time.perf_counter() - t0, outcome)
                 ctx.outputs[name] = out
-                if not out.get("finished", True):
+                if outcome == "stopped":
                     ctx.outputs["stopped"] = name
                     CONSOLE.line(f"[{name}] stopped at step {out['step']}/{out['total_steps']} "
                                  f"(checkpoint {out['checkpoint']}); run the same command again to resume")

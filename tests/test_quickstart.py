@@ -125,6 +125,12 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
             assert curve[step][f"eval/{metric}"] == pytest.approx(methods[method][metric], abs=1e-9), (step, metric)
     assert sum(r["seconds_eval"] for r in curve.values()) < 0.05 * sum(r["step_s"] for r in rl)
     assert "Held-out evaluation inside RL" in report and "## IPS on the run's own logs" in report
+    # where the time went: one finished attempt per stage, and the RL steps by phase
+    from pagerl.tracking.timings import read_stage_times
+    times = read_stage_times(run_dir)
+    assert {stage: [a["outcome"] for a in attempts] for stage, attempts in times.items()} == {
+        stage: ["finished"] for stage in ("synth", "sft", "rm", "rl", "eval")}
+    assert "## Where the time went" in report and f"The {steps} RL steps' " in report
 
     # The same command again continues the run: every stage is complete, so each is
     # skipped, nothing is appended to the metrics, and the report is rewritten from the run dir.
@@ -134,6 +140,7 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
     for stage in ("synth", "sft", "rm", "rl", "eval"):
         assert f"[{stage}] already complete" in again.stdout, again.stdout
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before
+    assert read_stage_times(run_dir) == times  # a skipped stage adds no attempt
     def without_time(text):  # the report's second line says when it was written
         return [line for line in text.splitlines() if not line.startswith("Run directory `")]
 

@@ -97,6 +97,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         "obd": obd_section(read_json(run_dir / "eval" / "results.json")),
         "logs_ips": logs_ips_section(read_json(run_dir / "eval" / "results.json")),
         "ablation": _ablation_section(run_dir),
+        "time": _time_section(run_dir),
     }
     # The page opens on the evaluation and folds the long recipe away; the Markdown keeps run order.
     page = render_html(title, sections, run_dir, lead=("title", "written", "eval"), folded=("recipe",))
@@ -475,6 +476,68 @@ def _ablation_section(run_dir: Path) -> str:
     if table is None:
         return ""
     return "\n".join(["## Reward ablation", "", *format_markdown(table)])
+
+
+def _time_section(run_dir: Path) -> str:
+    """Where the run's wall time went: per stage (``timings.json``, written by the pipeline), per RL
+    phase (``seconds_*`` of the RL rows), and the ablation's variant runs (their own ``timings.json``)."""
+    from pagerl.tracking.timings import TIMINGS_FILE, read_stage_times
+
+    title = "Where the time went"
+    times = read_stage_times(run_dir)
+    if not times:
+        return _skipped(title, f"`{TIMINGS_FILE}` not found")
+    total = sum(float(a["seconds"]) for attempts in times.values() for a in attempts)
+    rows = []
+    for stage, attempts in times.items():
+        seconds = sum(float(a["seconds"]) for a in attempts)
+        outcomes = ", ".join(str(a["outcome"]) for a in attempts)
+        rows.append([f"`{stage}`", len(attempts), outcomes, f"{seconds:.1f}", f"{100 * seconds / total:.1f}%"
+                     if total > 0 else "-"])
+    lines = [f"## {title}", "",
+             f"Wall-clock seconds of each stage this run directory ran (`{TIMINGS_FILE}`, written by "
+             "`pagerl.pipeline.run` around each stage: start-up, loading, checkpoints and end-of-stage "
+             "evaluation included; a stage resumed after a stop or a failure has one attempt per run).", ""]
+    lines += markdown_table(["stage", "attempts", "outcomes", "seconds", "share"], rows)
+    lines += _rl_phase_lines(run_dir)
+    lines += _ablation_time_lines(run_dir)
+    return "\n".join(lines)
+
+
+def _rl_phase_lines(run_dir: Path) -> List[str]:
+    """The RL steps' seconds by phase (pagerl.rl.controller.PHASES), summed over the last row of each step."""
+    rows = read_metrics(run_dir, stage="rl") if (run_dir / METRICS_FILE).exists() else []
+    steps = {int(r["step"]): r for r in rows if "reward_total" in r}
+    if not steps:
+        return []
+    keys = RL_PANELS[-1][1]
+    spent = {key: sum(float(r.get(key) or 0.0) for r in steps.values()) for key in keys}
+    total = sum(float(r.get("step_s") or 0.0) for r in steps.values())
+    table = [[f"`{key.removeprefix('seconds_')}`", f"{value:.1f}", f"{100 * value / total:.1f}%" if total > 0 else "-"]
+             for key, value in spent.items()]
+    return ["", f"The {len(steps)} RL steps' {total:.1f} s by phase, as the controller timed them one after another "
+            "(`seconds_*` and `step_s` of stage `rl` in `metrics.jsonl`, `pagerl.rl.controller`; with "
+            "`rl.overlap`, `generate` is the wait for pages sampled while the step before trained):", "",
+            *markdown_table(["phase", "seconds", "share of the steps"], table)]
+
+
+def _ablation_time_lines(run_dir: Path) -> List[str]:
+    """The variant runs of ``pagerl ablate`` (each its own run directory and record), summed per variant."""
+    from pagerl.eval.ablation import ABLATION_DIR, RESULTS_FILE
+    from pagerl.tracking.timings import read_stage_times
+
+    table = read_json(run_dir / ABLATION_DIR / RESULTS_FILE)
+    runs = table.get("runs") if isinstance(table, dict) else None
+    if not isinstance(runs, dict) or not runs:
+        return []
+    rows = []
+    for variant, by_seed in runs.items():
+        seconds = [sum(float(a["seconds"]) for attempts in read_stage_times(path).values() for a in attempts)
+                   for path in by_seed.values()]
+        rows.append([f"`{variant}`", len(seconds), f"{sum(seconds):.1f}"])
+    return ["", "The reward ablation's variant runs (RL and eval of each variant and seed, in their own run "
+            "directories under `ablation/`, each with its own record):", "",
+            *markdown_table(["variant", "runs", "seconds"], rows)]
 
 
 def _paired_lines(results: Dict[str, Any]) -> List[str]:

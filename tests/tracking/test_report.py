@@ -144,3 +144,34 @@ def test_mixed_data_stats_get_a_per_part_table_and_a_key_value_table(tmp_path):
     data = _section(write_report(tmp_path).read_text(), "Data")
     assert "`stats`:\n\n| statistic | train | eval |\n|-----------|-------|------|\n| rows      | 400   | 40   |" in data
     assert "| loaded_rows | 400   |" in data and "| seconds     | 1.25  |" in data
+
+
+def test_time_section_sums_attempts_per_stage_and_rl_steps_per_phase(tmp_path):
+    from pagerl.tracking.timings import read_stage_times, record_stage_time
+
+    record_stage_time(tmp_path, "sft", 30.0, "stopped")
+    record_stage_time(tmp_path, "sft", 50.0, "finished")
+    record_stage_time(tmp_path, "rl", 20.0, "finished")
+    assert [a["outcome"] for a in read_stage_times(tmp_path)["sft"]] == ["stopped", "finished"]
+    with pytest.raises(ValueError, match="outcome"):
+        record_stage_time(tmp_path, "rl", 1.0, "done")
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        for step in (1, 2):
+            logger.log("rl", step, {"reward_total": 1.0, "step_s": 4.0, "seconds_generate": 1.0, "seconds_reward": 0.5,
+                                    "seconds_experience": 0.5, "seconds_train": 1.5, "seconds_sync": 0.5,
+                                    "seconds_eval": 0.0})
+        logger.log("rl", 2, {"reward_total": 1.0, "step_s": 6.0, "seconds_generate": 3.0, "seconds_reward": 0.5,
+                             "seconds_experience": 0.5, "seconds_train": 1.5, "seconds_sync": 0.5,
+                             "seconds_eval": 0.0})  # a resumed run re-logs step 2: the last row counts
+    text = _section(write_report(tmp_path).read_text(), "Where the time went")
+    assert "| `sft` | 2        | stopped, finished | 80.0    | 80.0% |" in text
+    assert "| `rl`  | 1        | finished          | 20.0    | 20.0% |" in text
+    assert "The 2 RL steps' 10.0 s by phase" in text
+    assert "| `generate`   | 4.0     | 40.0%              |" in text
+    assert "| `train`      | 3.0     | 30.0%              |" in text
+
+
+def test_an_unreadable_timings_record_is_named(tmp_path):
+    (tmp_path / "timings.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="timings.json"):
+        write_report(tmp_path)

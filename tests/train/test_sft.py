@@ -95,6 +95,12 @@ def test_sft_loss_falls_and_resume_is_exact(tmp_path, local_ray, stage, constrai
     again = run(recipe_for(tmp_path, "resumed", stage, objective))
     assert again["sft"] == {"skipped": True}  # what pagerl.pipeline.run returns for a complete stage
     assert [row["step"] for row in read_metrics(tmp_path / "resumed", stage="sft")] == steps_logged
+    # the pipeline's record of wall time: both attempts of the resumed stage, nothing for the skip
+    from pagerl.tracking.timings import read_stage_times
+    times = read_stage_times(tmp_path / "resumed")
+    assert [a["outcome"] for a in times["sft"]] == ["stopped", "finished"]
+    assert [a["outcome"] for a in times["synth"]] == ["finished"]
+    assert all(a["seconds"] > 0 for a in times["sft"])
 
 
 def test_resume_refuses_a_different_world_size(tmp_path, local_ray):
