@@ -118,7 +118,12 @@ def test_job_submit_runs_an_ablation_of_the_pipeline(head, tmp_path, fresh_repo)
     assert {"sft", "random", "logging"} == set(json.loads((base / "eval" / "results.json").read_text())["methods"])
     table = json.loads((base / "ablation" / "ablation.json").read_text())
     assert set(table["variants"]) == {"mixed", "item_only", "page_only"} and table["num_requests"] == 10
-    assert "## Reward ablation" in (base / "report.md").read_text()
+    report = (base / "report.md").read_text()
+    assert "## Reward ablation" in report
+    # where the time went: the shared stages here, each variant's RL and eval in its own run directory
+    time_spent = report[report.index("## Where the time went"):]
+    for row in ("| `sft`", "| `rm`", "| `mixed`     | 1    |", "| `item_only` | 1    |", "| `page_only` | 1    |"):
+        assert row in time_spent, (row, time_spent)
     weights = {}
     for variant, w_page, w_item in (("mixed", 1.0, 1.0), ("item_only", 0.0, 1.0), ("page_only", 1.0, 0.0)):
         run = base / "ablation" / f"{variant}-seed0"

@@ -95,6 +95,29 @@ def test_the_why_table_shows_credit_fidelity_and_the_last_rl_figures(tmp_path):
     assert rows["`page_only`"] == ["0.120", "0.48 / -0.02", "1.5000", "0.0300"]
 
 
+def test_the_report_sums_each_variants_runs_in_where_the_time_went(tmp_path):
+    from pagerl.tracking.report import write_report
+    from pagerl.tracking.timings import record_stage_time
+
+    recipe = _recipe("ablation.seeds=[0,1]", 'ablation.variants=[{name: mixed}, {name: item_only}]')
+    base = tmp_path / "base"
+    _write_pages(base, "sft", [1.0, 2.0], [0.5, 0.5])
+    record_stage_time(base, "sft", 40.0, "finished")
+    runs = {"mixed": {}, "item_only": {}}
+    for variant, seconds in (("mixed", (10.0, 12.5)), ("item_only", (7.0, 8.0))):
+        for seed in (0, 1):
+            run = runs[variant][seed] = tmp_path / f"{variant}-seed{seed}"
+            _write_pages(run, "rl", [1.5, 2.5], [0.6, 0.6])
+            record_stage_time(run, "rl", seconds[seed], "finished")
+            record_stage_time(run, "eval", 1.0, "finished")
+    (base / "ablation").mkdir()
+    (base / "ablation" / "ablation.json").write_text(json.dumps(ablation_table(recipe, base, "sft", runs)))
+    text = write_report(base).read_text()
+    time = text[text.index("## Where the time went"):]
+    assert "| `sft` | 1        | finished | 40.0    | 100.0% |" in time
+    assert "| `mixed`     | 2    | 24.5    |" in time and "| `item_only` | 2    | 17.0    |" in time
+
+
 def test_runs_scoring_other_requests_are_refused(tmp_path):
     recipe = _recipe("ablation.seeds=[0]", "ablation.variants=[{name: mixed}]")
     _write_pages(tmp_path / "base", "sft", [1.0, 2.0], [0.5, 0.5])
