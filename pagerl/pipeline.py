@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -90,13 +91,13 @@ def run(recipe: RecipeConfig, stages: Optional[List[str]] = None) -> Dict[str, A
                 if entry.uses_ray and owns_ray is None:
                     owns_ray = ray_cluster.connect(recipe.distributed.ray_address)
                 t0 = time.perf_counter()
-                outcome = "failed"
                 try:
                     out = entry.run(ctx)
-                    outcome = "finished" if out.get("finished", True) else "stopped"
-                finally:
-                    # Every attempt is on the record, one that raised included (pagerl.tracking.timings).
-                    record_stage_time(run_dir, name, time.perf_counter() - t0, outcome)
+                except BaseException:
+                    _record_failed_attempt(run_dir, name, time.perf_counter() - t0)
+                    raise
+                outcome = "finished" if out.get("finished", True) else "stopped"
+                record_stage_time(run_dir, name, time.perf_counter() - t0, outcome)
                 ctx.outputs[name] = out
                 if outcome == "stopped":
                     ctx.outputs["stopped"] = name
@@ -122,6 +123,15 @@ def run(recipe: RecipeConfig, stages: Optional[List[str]] = None) -> Dict[str, A
 
         CONSOLE.line(f"report:        {ctx.outputs['report']} (and {HTML_REPORT_FILE}, one self-contained page)")
     return ctx.outputs
+
+
+def _record_failed_attempt(run_dir: Path, name: str, seconds: float) -> None:
+    """Put a stage attempt that raised on the record (pagerl.tracking.timings) without hiding its error:
+    a record that cannot be written is warned about, and the stage's own exception goes on."""
+    try:
+        record_stage_time(run_dir, name, seconds, "failed")
+    except Exception as err:  # noqa: BLE001 - the stage's error is the one to raise
+        warnings.warn(f"[{name}] the failed attempt is not in the timing record: {err}", RuntimeWarning, stacklevel=2)
 
 
 def jsonable(obj: Any) -> Any:

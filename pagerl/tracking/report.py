@@ -36,6 +36,7 @@ from matplotlib.figure import Figure
 
 from pagerl.tracking.html_report import render_html
 from pagerl.tracking.metrics import METRICS_FILE, metric_series, read_metrics
+from pagerl.tracking.timings import TIMINGS_FILE, read_stage_times, total_seconds
 
 REPORT_FILE = "report.md"
 HTML_REPORT_FILE = "report.html"
@@ -82,6 +83,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     recipe = _read_yaml(run_dir / "recipe.yaml")
     name = _dig(recipe, "run", "name") if recipe else None
     title = f"Run report: {name or run_dir.name}"
+    from pagerl.eval.ablation import ABLATION_DIR, RESULTS_FILE
+
+    ablation = read_json(run_dir / ABLATION_DIR / RESULTS_FILE)
     sections = {
         "title": f"# {title}",
         "written": f"Run directory `{run_dir}`, report written "
@@ -96,8 +100,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         "eval": _eval_section(read_json(run_dir / "eval" / "results.json"), plots),
         "obd": obd_section(read_json(run_dir / "eval" / "results.json")),
         "logs_ips": logs_ips_section(read_json(run_dir / "eval" / "results.json")),
-        "ablation": _ablation_section(run_dir),
-        "time": _time_section(run_dir),
+        "ablation": _ablation_section(ablation),
+        "time": _time_section(run_dir, ablation),
     }
     # The page opens on the evaluation and folds the long recipe away; the Markdown keeps run order.
     page = render_html(title, sections, run_dir, lead=("title", "written", "eval"), folded=("recipe",))
@@ -240,13 +244,15 @@ def _curve_section(run_dir: Path, plots: Path, stage: str, title: str) -> str:
     return "\n".join(lines)
 
 
+# The RL step's phases as the controller times them (pagerl.rl.controller.PHASES), one metric each.
+RL_PHASE_SECONDS = ("seconds_generate", "seconds_reward", "seconds_experience", "seconds_train", "seconds_sync",
+                    "seconds_eval")
 # The RL stage's curves: (panel title, metrics in it) from the rows of stage "rl".
 RL_PANELS = (
     ("reward per page (raw)", ("reward_total", "reward_page", "reward_item")),
     ("KL to the reference, per token", ("kl",)),
     ("entropy of the constrained policy", ("entropy",)),
-    ("seconds per phase", ("seconds_generate", "seconds_reward", "seconds_experience", "seconds_train",
-                           "seconds_sync", "seconds_eval")),
+    ("seconds per phase", RL_PHASE_SECONDS),
 )
 # The held-out evaluation inside RL (rl.eval_every; pagerl.rl.controller.RLController.evaluate),
 # drawn when the run has it: the same figures as the eval stage's table, every few steps.
@@ -468,29 +474,27 @@ def _bootstrap_text(results: Mapping[str, Any]) -> str:
     return f"; {boot['resamples']} resamples, {100 * float(boot.get('level', 0.95)):.0f}% coverage"
 
 
-def _ablation_section(run_dir: Path) -> str:
-    """The reward ablation's table when ``pagerl ablate`` ran on this run directory (else nothing)."""
-    from pagerl.eval.ablation import ABLATION_DIR, RESULTS_FILE, format_markdown
+def _ablation_section(table: Optional[Any]) -> str:
+    """The reward ablation's table (``ablation/ablation.json``) when ``pagerl ablate`` ran on this run
+    directory (else nothing)."""
+    from pagerl.eval.ablation import format_markdown
 
-    table = read_json(run_dir / ABLATION_DIR / RESULTS_FILE)
     if table is None:
         return ""
     return "\n".join(["## Reward ablation", "", *format_markdown(table)])
 
 
-def _time_section(run_dir: Path) -> str:
+def _time_section(run_dir: Path, ablation: Optional[Any]) -> str:
     """Where the run's wall time went: per stage (``timings.json``, written by the pipeline), per RL
     phase (``seconds_*`` of the RL rows), and the ablation's variant runs (their own ``timings.json``)."""
-    from pagerl.tracking.timings import TIMINGS_FILE, read_stage_times
-
     title = "Where the time went"
     times = read_stage_times(run_dir)
     if not times:
         return _skipped(title, f"`{TIMINGS_FILE}` not found")
-    total = sum(float(a["seconds"]) for attempts in times.values() for a in attempts)
+    total = total_seconds(times)
     rows = []
     for stage, attempts in times.items():
-        seconds = sum(float(a["seconds"]) for a in attempts)
+        seconds = total_seconds({stage: attempts})
         outcomes = ", ".join(str(a["outcome"]) for a in attempts)
         rows.append([f"`{stage}`", len(attempts), outcomes, f"{seconds:.1f}", f"{100 * seconds / total:.1f}%"
                      if total > 0 else "-"])
@@ -500,7 +504,7 @@ def _time_section(run_dir: Path) -> str:
              "evaluation included; a stage resumed after a stop or a failure has one attempt per run).", ""]
     lines += markdown_table(["stage", "attempts", "outcomes", "seconds", "share"], rows)
     lines += _rl_phase_lines(run_dir)
-    lines += _ablation_time_lines(run_dir)
+    lines += _ablation_time_lines(ablation)
     return "\n".join(lines)
 
 
@@ -510,8 +514,7 @@ def _rl_phase_lines(run_dir: Path) -> List[str]:
     steps = {int(r["step"]): r for r in rows if "reward_total" in r}
     if not steps:
         return []
-    keys = RL_PANELS[-1][1]
-    spent = {key: sum(float(r.get(key) or 0.0) for r in steps.values()) for key in keys}
+    spent = {key: sum(float(r.get(key) or 0.0) for r in steps.values()) for key in RL_PHASE_SECONDS}
     total = sum(float(r.get("step_s") or 0.0) for r in steps.values())
     table = [[f"`{key.removeprefix('seconds_')}`", f"{value:.1f}", f"{100 * value / total:.1f}%" if total > 0 else "-"]
              for key, value in spent.items()]
@@ -521,19 +524,14 @@ def _rl_phase_lines(run_dir: Path) -> List[str]:
             *markdown_table(["phase", "seconds", "share of the steps"], table)]
 
 
-def _ablation_time_lines(run_dir: Path) -> List[str]:
+def _ablation_time_lines(ablation: Optional[Any]) -> List[str]:
     """The variant runs of ``pagerl ablate`` (each its own run directory and record), summed per variant."""
-    from pagerl.eval.ablation import ABLATION_DIR, RESULTS_FILE
-    from pagerl.tracking.timings import read_stage_times
-
-    table = read_json(run_dir / ABLATION_DIR / RESULTS_FILE)
-    runs = table.get("runs") if isinstance(table, dict) else None
+    runs = ablation.get("runs") if isinstance(ablation, dict) else None
     if not isinstance(runs, dict) or not runs:
         return []
     rows = []
     for variant, by_seed in runs.items():
-        seconds = [sum(float(a["seconds"]) for attempts in read_stage_times(path).values() for a in attempts)
-                   for path in by_seed.values()]
+        seconds = [total_seconds(read_stage_times(path)) for path in by_seed.values()]
         rows.append([f"`{variant}`", len(seconds), f"{sum(seconds):.1f}"])
     return ["", "The reward ablation's variant runs (RL and eval of each variant and seed, in their own run "
             "directories under `ablation/`, each with its own record):", "",

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Dict, List
 
-__all__ = ["OUTCOMES", "TIMINGS_FILE", "read_stage_times", "record_stage_time"]
+__all__ = ["OUTCOMES", "TIMINGS_FILE", "read_stage_times", "record_stage_time", "total_seconds"]
 
 TIMINGS_FILE = "timings.json"
 # How an attempt ended: its stage completed, stopped at a step to be resumed, or raised.
@@ -41,7 +41,18 @@ def read_stage_times(run_dir: str | os.PathLike) -> Dict[str, List[Dict[str, obj
         raise ValueError(f"{path}: not JSON ({err}); expected {{stage: [attempts]}}") from err
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ValueError(f"{path}: expected an object of stage name -> list of attempts")
+    for stage, attempts in data.items():
+        for i, attempt in enumerate(attempts):
+            if (not isinstance(attempt, dict) or not isinstance(attempt.get("seconds"), (int, float))
+                    or attempt.get("outcome") not in OUTCOMES):
+                raise ValueError(f"{path}: stage {stage!r} attempt {i}: expected {{\"seconds\": <number>, "
+                                 f"\"outcome\": one of {OUTCOMES}}}, got {attempt!r}")
     return data
+
+
+def total_seconds(times: Dict[str, List[Dict[str, object]]]) -> float:
+    """The wall time of every attempt of every stage in a record of :func:`read_stage_times`."""
+    return sum(float(a["seconds"]) for attempts in times.values() for a in attempts)
 
 
 def record_stage_time(run_dir: str | os.PathLike, stage: str, seconds: float, outcome: str) -> None:

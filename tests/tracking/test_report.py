@@ -175,3 +175,6 @@ def test_an_unreadable_timings_record_is_named(tmp_path):
     (tmp_path / "timings.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="timings.json"):
         write_report(tmp_path)
+    (tmp_path / "timings.json").write_text('{"sft": [{"seconds": 3.0, "outcome": "finished"}, {"outcome": "stopped"}]}')
+    with pytest.raises(ValueError, match=r"timings\.json: stage 'sft' attempt 1: expected"):
+        write_report(tmp_path)
