@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
+from tables import format_table  # benchmarks/tables.py, beside this script
 
 from pagerl.config.schema import ModelConfig, TinyModelConfig
 from pagerl.data.io import read_impressions
@@ -38,7 +39,6 @@ from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint
 from pagerl.models.generate import GeneratedPage, generate_pages
 from pagerl.models.logprobs import CausalLMLogprobs
 from pagerl.tokenization import build_tokenizer, encode_prompt, load_policy_tokenizer
-from tables import format_table  # benchmarks/tables.py, beside this script
 
 
 def synthetic_requests(count: int, max_candidates: int, seed: int) -> List[Request]:

@@ -4,7 +4,7 @@ For each shape it builds a fresh policy and a simulator world of that shape,
 then runs the RL step of :class:`pagerl.rl.controller.RLController` three ways
 on the same model and batch (32 requests x 4 pages, GRPO, simulator rewards):
 
-- ``single process``: every role in this process (:mod:`pagerl.rl.local`): one
+- ``single process``: every role in this process (:mod:`pagerl.rl.roles.local`): one
   trainer rank, one rollout worker, one reward worker, the weight sync an
   in-memory hand-over. The controller's own step,
   with no Ray, no serialisation and no placement: the reference;
@@ -68,7 +68,7 @@ LOCAL = ["rl.trainer.num_ranks=1", "rl.trainer.cpus_per_rank=2", "rl.sync.transp
 
 
 def recipe_for(shape: str, mode: str, out: Path, steps: int) -> Any:
-    from pagerl.config.load import load_recipe
+    from pagerl.app.recipes import load_recipe
 
     overrides = [f"run.output_dir={out}", f"run.name={shape}", "run.stages=[rl]", "rewards.source=simulator",
                  "rl.algorithm=grpo", f"rl.steps={steps}", "rl.checkpoint_every=0", "rl.timeout_s=600",
@@ -104,7 +104,7 @@ def run_mode(shape: str, mode: str, out: Path, warmup: int, steps: int, threads:
     """``warmup`` untimed steps, then ``steps`` timed ones; ``threads``: torch threads of the single process."""
     from pagerl.distributed.compute_log import covered_seconds
     from pagerl.rl.controller import RLController
-    from pagerl.rl.local import local_roles
+    from pagerl.rl.roles.local import local_roles
 
     recipe = recipe_for(shape, mode, out, warmup + steps)
     policy_dir = out / shape / "policy"
@@ -185,8 +185,8 @@ def head_memory(shape: str, vocab: int, path: str, micro_batch: int) -> Dict[str
     from pagerl.models.constrained import constrain_response_logits
     from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint
     from pagerl.models.logprobs import CausalLMLogprobs, policy_logits
-    from pagerl.rl.experience import pack
-    from pagerl.rl.rollout import RolloutWorker
+    from pagerl.rl.frames import pack
+    from pagerl.rl.roles.rollout import RolloutWorker
 
     with tempfile.TemporaryDirectory(prefix="bench_rl_head_") as tmp:
         recipe = recipe_for(shape, "single process", Path(tmp), 1)

@@ -14,7 +14,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+from pagerl.app import pipeline
+from pagerl.app.ablation import run_ablation, shared_stages
+from pagerl.app.ablation_table import ABLATION_DIR, TABLE_FILE
+from pagerl.app.recipes import load_recipe
+from pagerl.config.load import recipe_to_yaml
+from pagerl.data.io import validate_file
+from pagerl.envs.synth import synthesize_recipe
 from pagerl.errors import PageRLError
+from pagerl.eval.policy_kinds import MANIFEST, is_saved_policy
+from pagerl.stages.eval import run_eval_stage
+from pagerl.tracking import console
+from pagerl.tracking.console import CONSOLE
+from pagerl.tracking.records import jsonable
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -64,16 +76,12 @@ _STAGE_COMMANDS = {
 
 
 def _load(args: argparse.Namespace):
-    from pagerl.config.load import load_recipe
-
     recipe, _ = load_recipe(args.recipe, args.overrides)
     return recipe
 
 
 def _run_stages(args: argparse.Namespace, stages: Optional[List[str]]) -> int:
     """Run stages with the person's lines on the terminal and everything else in the run's log."""
-    from pagerl import pipeline
-
     recipe = _load(args)
     out = _in_session(pipeline.prepare_run_dir(recipe), lambda: pipeline.run(recipe, stages=stages))
     return 3 if out.get("stopped") else 0
@@ -82,24 +90,20 @@ def _run_stages(args: argparse.Namespace, stages: Optional[List[str]]) -> int:
 def _in_session(run_dir: Path, work: Callable[[], Any]) -> Any:
     """``work()`` with the person's lines on the terminal and everything else in ``run_dir``'s log,
     which is named at the end either way."""
-    from pagerl.tracking import console
-
     try:
         with console.session(run_dir):
             out = work()
     except BaseException:
-        print(f"(full log: {run_dir / console.LOG_FILE})", file=sys.stderr)
+        CONSOLE.error(f"(full log: {run_dir / console.LOG_FILE})")
         raise
-    print(f"log:           {run_dir / console.LOG_FILE}")
+    CONSOLE.line(f"log:           {run_dir / console.LOG_FILE}")
     return out
 
 
 def _main(argv: Optional[List[str]]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "config":
-        from pagerl.config.load import recipe_to_yaml
-
-        print(recipe_to_yaml(_load(args)), end="")
+        CONSOLE.line(recipe_to_yaml(_load(args)).rstrip("\n"))
         return 0
     if args.command == "run":
         return _run_stages(args, None)
@@ -116,22 +120,15 @@ def _main(argv: Optional[List[str]]) -> int:
 
 def _ablate(args: argparse.Namespace) -> int:
     """Every part of the ablation in one console session: its lines here, the rest in the recipe's run log."""
-    from pagerl import pipeline
-    from pagerl.eval.ablation import ABLATION_DIR, TABLE_FILE, run_ablation, shared_stages
-
     recipe = _load(args)
     shared_stages(recipe)  # a recipe that cannot be ablated is refused before its run directory is made
     run_dir = pipeline.prepare_run_dir(recipe)
     _in_session(run_dir, lambda: run_ablation(args.recipe, args.overrides))
-    print(f"ablation:      {run_dir / ABLATION_DIR / TABLE_FILE}")
+    CONSOLE.line(f"ablation:      {run_dir / ABLATION_DIR / TABLE_FILE}")
     return 0
 
 
 def _eval_policy(args: argparse.Namespace) -> int:
-    from pagerl import pipeline
-    from pagerl.eval.evaluate import run_eval_stage
-    from pagerl.eval.policy_kinds import MANIFEST, is_saved_policy
-
     recipe = _load(args)
     model = Path(args.model).resolve()
     if not is_saved_policy(model):
@@ -143,22 +140,17 @@ def _eval_policy(args: argparse.Namespace) -> int:
 
 def _data(args: argparse.Namespace) -> int:
     if args.data_command == "synth":
-        from pagerl import pipeline
-        from pagerl.sim.synth import synthesize_recipe
-
         recipe = _load(args)
         out = Path(args.out) if args.out else pipeline.run_dir_of(recipe) / "data"
         stats = synthesize_recipe(recipe, out, fmt=args.format)
-        print(json.dumps(pipeline.jsonable(stats), indent=2))
+        CONSOLE.line(json.dumps(jsonable(stats), indent=2))
         return 0
-    from pagerl.data.io import validate_file
-
     bad = 0
     for path in args.files:
         result = validate_file(path)
         for err in result.bad_rows:
-            print(err)
-        print(f"{path}: {result.summary}")
+            CONSOLE.line(str(err))
+        CONSOLE.line(f"{path}: {result.summary}")
         bad += len(result.bad_rows)
     return 1 if bad else 0
 
@@ -167,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         code = _main(argv)
     except PageRLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        CONSOLE.error(f"error: {exc}")
         code = 2
     sys.exit(code)
 

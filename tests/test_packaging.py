@@ -22,3 +22,11 @@ def test_repo_root_on_sys_path_does_not_shadow_kernels_and_pagerl_kernels_is_the
     assert origin == "-" or not origin.startswith(str(REPO)), origin
     assert not (REPO / "kernels" / "__init__.py").exists()
     assert Path(location).parent.name == "pagerl_kernels"
+
+
+def test_pyproject_lists_every_package_of_the_tree():
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tree = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "pagerl").rglob("__init__.py")}
+    assert tree | {"pagerl_kernels"} == listed, sorted(tree ^ (listed - {"pagerl_kernels"}))

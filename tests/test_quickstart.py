@@ -141,6 +141,7 @@ def test_quickstart_as_typed_then_rerun(fresh_repo, main_command, typed):
         assert f"[{stage}] already complete" in again.stdout, again.stdout
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before
     assert read_stage_times(run_dir) == times  # a skipped stage adds no attempt
+
     def without_time(text):  # the report's second line says when it was written
         return [line for line in text.splitlines() if not line.startswith("Run directory `")]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pagerl.config.load import load_recipe
-from pagerl.models.sources import ModelSourceError, resolve_source
+from pagerl.app.recipes import load_recipe
+from pagerl.config.model_source import ModelSourceError, resolve_source
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ so an error names the file (and line) or the override that introduced it:
 - an unknown key, with the closest valid key suggested;
 - a value of the wrong type;
 - a required value (``???`` in the schema) that no layer sets;
-- an inconsistent combination (rules in :mod:`pagerl.config.validate`);
+- an inconsistent combination (rules in :mod:`pagerl.config.rules`, and those the subsystems
+  register there: :mod:`pagerl.app.recipes`);
 - a path key naming an input that does not exist, or a URI (:mod:`pagerl.config.paths`).
 
 Every path key is made absolute against the directory the command was
@@ -34,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pagerl.config.paths import resolve_paths
+from pagerl.config.rules import check_consistency
 from pagerl.config.schema import RecipeConfig
 from pagerl.errors import RecipeError
 
@@ -204,8 +206,6 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[Recipe
     ("recipes/quickstart.yaml:12", "override 'sft.lr=0.1'"), which error messages
     and ``pagerl config show`` use.
     """
-    from pagerl.config.validate import check_consistency
-
     layers = _file_chain(Path(path)) + ([_override_layer(overrides)] if overrides else [])
     merged = OmegaConf.structured(RecipeConfig)
     provenance: Dict[str, str] = {}

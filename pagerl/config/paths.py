@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from pagerl.config.model_source import is_source_name
 from pagerl.errors import RecipeError
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
@@ -44,8 +45,6 @@ class PathKey:
 
 
 def _is_model_source_name(value: str) -> bool:
-    from pagerl.models.sources import is_source_name
-
     return is_source_name(value)
 
 
@@ -53,7 +52,7 @@ PATH_KEYS = (
     PathKey("run.output_dir"),
     PathKey("data.train_files", many=True, must_exist="file"),
     PathKey("data.eval_files", many=True, must_exist="file"),
-    # tiny, a packaged model (pagerl.models.sources), a model directory or a .gguf file.
+    # tiny, a packaged model (pagerl.config.model_source), a model directory or a .gguf file.
     PathKey("model.source", must_exist="any", names=("tiny",), is_name=_is_model_source_name),
     # Filled by the rm stage of the same run when empty; a set one must exist
     # unless this run trains it.

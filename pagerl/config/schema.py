@@ -7,8 +7,8 @@ environment-variable switches. Fields whose default is ``MISSING`` must be set
 by the recipe (or its base).
 
 Cross-field rules that a type alone cannot express ("K must not exceed N")
-live in :func:`pagerl.config.validate.check_consistency`, next to the loader,
-so that one place lists every rule a recipe must obey.
+live in :mod:`pagerl.config.rules`, registered by the subsystem that knows them
+(:mod:`pagerl.app.recipes` loads them all).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class ModelConfig:
 
     # "tiny" builds a model from `tiny` with a tokenizer fitted locally to the
     # training data. Otherwise a pretrained causal LM, never downloaded
-    # (pagerl.models.sources): a packaged model by name
+    # (pagerl.config.model_source): a packaged model by name
     # (smollm2-135m-instruct) or as package:<python package>/<file>.gguf, a
     # local Hugging Face model directory, or a local .gguf file.
     source: str = "tiny"
@@ -266,7 +266,7 @@ class RewardConfig:
     """Rewards of the RL stage: where they come from, how they are spread over
     a page's tokens, and the Ray workers that compute them (pagerl.rewards)."""
 
-    # Where rewards come from, a name in pagerl.rewards.sources.REWARD_SOURCES:
+    # Where rewards come from, a name in pagerl.rewards.reward_sources.REWARD_SOURCES:
     # "learned" (the trained page and item reward models), "simulator" (the
     # simulator's exact ground truth, for upper-bound experiments on simulated
     # data) or "python" (rewards.function).
@@ -412,7 +412,7 @@ class RMConfig:
     quality_requests: int = 200
     quality_random_pages: int = 3
     quality_perturbed_pages: int = 4
-    # Credit fidelity (pagerl.rewards.fidelity): training requests on which
+    # Credit fidelity (pagerl.rl.credit_fidelity): training requests on which
     # the policy RL starts from samples rl.rollout.samples_per_request pages
     # each, to measure how well each reward setting's token credit tracks the
     # exact credit (needs the environment's exact scorer and a starting
@@ -426,7 +426,7 @@ class RMConfig:
 class RolloutConfig:
     """Rollout workers: Ray actors that lay out pages with the current policy."""
 
-    # A name in pagerl.rl.rollout.ROLLOUT_BACKENDS ("hf": the Hugging Face
+    # A name in pagerl.rl.roles.rollout.ROLLOUT_BACKENDS ("hf": the Hugging Face
     # model with PageRL's constrained decoding loop, on CPU or GPU).
     backend: str = "hf"
     num_workers: int = 1
@@ -493,7 +493,7 @@ class WeightSyncConfig:
     # through Ray's object store), "collective" (broadcast over a separate
     # gloo/NCCL group of trainer rank 0 and the rollout workers), or
     # "in_process" (tensors handed over in memory, for roles in one process:
-    # pagerl.rl.local, the benchmark's single-process reference).
+    # pagerl.rl.roles.local, the benchmark's single-process reference).
     transport: str = "object_store"
     # Size of one streamed bucket; under ZeRO-3 one bucket at a time is gathered.
     bucket_mb: float = 32.0
@@ -570,7 +570,7 @@ class RLConfig:
     # Seconds any remote call or collective of the RL roles may take before
     # the run stops naming the role that did not answer.
     timeout_s: float = 300.0
-    # Write the whole RL state every this many steps (pagerl.rl.checkpoint):
+    # Write the whole RL state every this many steps (pagerl.rl.rl_checkpoint):
     # policy and critic with their optimizer partitions, every trainer rank's
     # RNG, the prompt cursor, the sync version, the KL coefficient, the reward
     # moments and the per-slot baselines. An interrupted stage resumes from
@@ -605,7 +605,7 @@ class RLConfig:
 @dataclass
 class RLlibConfig:
     """The ``rllib`` stage: a non-LLM baseline trained online with RLlib's PPO
-    (pagerl.eval.rllib_baseline, docs/method.md "The RLlib baseline").
+    (pagerl.rllib_baseline.ppo, docs/method.md "The RLlib baseline").
 
     An MLP reads the visible features of a request (what the prompt shows,
     flattened) and scores every candidate; the page is the K best-scored
@@ -699,7 +699,7 @@ def _ablation_variants() -> List[AblationVariant]:
 
 @dataclass
 class AblationConfig:
-    """``pagerl ablate``: reward variants trained with one budget over several RL seeds (pagerl.eval.ablation)."""
+    """``pagerl ablate``: reward variants trained with one budget over several RL seeds (pagerl.app.ablation)."""
 
     # Values of rl.seed each variant is trained with; the data, SFT policy and
     # reward model are the recipe's, shared by every variant and seed.

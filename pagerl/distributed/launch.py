@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from pagerl.config.schema import RecipeConfig
-from pagerl.distributed import checkpoint as ckpt
+from pagerl.distributed import checkpoint_format as ckpt
 from pagerl.tracking.console import MetricsWatcher
 
 

@@ -17,7 +17,7 @@ Usage::
 
 Modules: :mod:`~pagerl.envs.base` (the interface, :class:`PageEnv`, and its
 action space), :mod:`~pagerl.envs.features` (the observation: what a prompt
-shows, as arrays), :mod:`~pagerl.envs.registry` (names and gymnasium ids),
+shows, as arrays), :mod:`~pagerl.envs.make` (names and gymnasium ids),
 :mod:`~pagerl.envs.pagesim` (our simulator, ``pagesim``),
 :mod:`~pagerl.envs.obp_slate` (Open Bandit Pipeline's synthetic slate bandit,
 ``obp_slate``). docs/environments.md describes both.
@@ -25,12 +25,12 @@ shows, as arrays), :mod:`~pagerl.envs.registry` (names and gymnasium ids),
 
 from pagerl.envs.base import REWARDS, InvalidPageError, PageEnv, PageSpace
 from pagerl.envs.features import FIELDS, VisibleFeatures
-from pagerl.envs.pagesim import GYM_ID, PageSimEnv
-from pagerl.envs.registry import ENVIRONMENTS, env_from_recipe, make_env, register_env
+from pagerl.envs.make import ENVIRONMENTS, env_from_recipe, make_env, register_env
 
 # Safe without obp: the module imports obp only when an ObpSlateEnv is built,
 # and then raises an ImportError that says how to install it.
 from pagerl.envs.obp_slate import ObpSlateEnv  # registers "obp_slate"
+from pagerl.envs.pagesim import GYM_ID, PageSimEnv
 
 __all__ = [
     "ENVIRONMENTS",

@@ -4,7 +4,7 @@ Why only what the prompt shows: the language-model policy sees a request
 through its prompt (:mod:`pagerl.tokenization.serialize`: the most recent
 history categories, the query, each candidate's title, category and price
 bucket), and a policy trained on these arrays must be comparable with it and
-with the visible-feature heuristics of :mod:`pagerl.eval.baselines`. So the
+with the visible-feature heuristics of :mod:`pagerl.eval.baseline_policies`. So the
 arrays are computed from the :class:`~pagerl.data.types.Request` alone, never
 from a simulator: the hidden latent taste, true relevance, item quality and
 popularity, near-duplicate groups and user features cannot leak (user

@@ -55,6 +55,7 @@ works without it and ``make_env("obp_slate")`` says what to install.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 from statistics import NormalDist
@@ -64,9 +65,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from gymnasium import spaces
 
+from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.schema import RecipeConfig
 from pagerl.data.types import Item, Request, User
 from pagerl.envs.base import InvalidPageError, Observation, PageEnv
-from pagerl.envs.registry import register_env
+from pagerl.envs.make import register_env
 
 GYM_ID = "pagerl/ObpSlate-v0"
 REWARD_STRUCTURES = ("cascade_additive", "cascade_decay", "standard_additive", "standard_decay")
@@ -365,3 +368,38 @@ class ObpSlateEnv(PageEnv):
 
 
 register_env("obp_slate", ObpSlateEnv, gym_id=GYM_ID)
+
+
+@rule
+def _obp_slate(r: RecipeConfig) -> Finding:
+    """obp_slate's settings are ones obp and its exact scorer take."""
+    if r.env.name != "obp_slate":
+        return None
+    c = r.env.obp_slate
+    if importlib.util.find_spec("obp") is None:
+        return "env.name", f"'obp_slate' needs the obp package, which is not installed: {INSTALL_HINT}"
+    models = tuple("none" if m is None else m for m in CLICK_MODELS)
+    checks = (
+        one_of("env.obp_slate.reward_structure", c.reward_structure, REWARD_STRUCTURES),
+        one_of("env.obp_slate.click_model", c.click_model, models),
+    )
+    for found in checks:
+        if found:
+            return found
+    if not 2 <= c.n_items <= min(127, r.model.max_candidates):
+        return "env.obp_slate.n_items", (
+            f"expected 2..{min(127, r.model.max_candidates)} (obp stores items as int8, and every item is a "
+            f"candidate, which needs an index token: model.max_candidates={r.model.max_candidates}), got {c.n_items}"
+        )
+    if not 1 <= c.page_size <= c.n_items:
+        return "env.obp_slate.page_size", f"must be between 1 and env.obp_slate.n_items ({c.n_items}), got {c.page_size}"
+    if c.click_model == "cascade" and c.page_size > MAX_CASCADE_PAGE_SIZE:
+        return "env.obp_slate.page_size", (
+            f"at most {MAX_CASCADE_PAGE_SIZE} with click_model 'cascade' (the exact scorer enumerates "
+            f"2^(K-1) click histories), got {c.page_size}")
+    if c.dim_context < 1 or c.categories < 1:
+        key = "dim_context" if c.dim_context < 1 else "categories"
+        return f"env.obp_slate.{key}", f"must be >= 1, got {getattr(c, key)}"
+    if c.context_levels < 0 or c.context_levels == 1:
+        return "env.obp_slate.context_levels", f"expected 0 (no context in the prompt) or >= 2, got {c.context_levels}"
+    return None

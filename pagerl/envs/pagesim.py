@@ -22,7 +22,7 @@ from pagerl.envs.features import (
     DEFAULT_PRICE_BUCKET_EDGES,
     VisibleFeatures,
 )
-from pagerl.envs.registry import register_env
+from pagerl.envs.make import register_env
 from pagerl.sim import Simulator, World
 from pagerl.sim.simulator import PageScore
 from pagerl.sim.world import QUALITY_WORDS
@@ -99,7 +99,6 @@ class PageSimEnv(PageEnv):
         expected = {key: value for key, value in score.to_dict().items() if key not in ("valid", "reason")}
         expected["slot_clicks"] = np.asarray(self.simulator.expected_slot_clicks(request, item_ids), dtype=np.float64)
         return expected
-
 
     candidate_fields = CANDIDATE_FIELDS
 

@@ -31,6 +31,7 @@ from pagerl.data.errors import DataError
 from pagerl.data.io import PathLike
 from pagerl.data.obd import CAMPAIGNS, POSITIONS, load_obd, obp_package_dir
 from pagerl.eval.ips import ips_estimate
+from pagerl.eval.logs_ips import estimate_dict
 
 # obp's defaults for this check (its README and BernoulliTS.compute_batch_action_dist).
 DEFAULT_SIMULATIONS = 100_000
@@ -114,13 +115,11 @@ def bts_check(
     }
 
 
-
 def bts_check_figures(check: Dict[str, Any]) -> Dict[str, Any]:
     """:func:`bts_check`'s result as JSON for ``eval/results.json`` (``results["obd_check"]``), with
     the comparison the check is for: the IPS estimate minus the BTS campaign's on-policy click
     rate, the standard error of that difference (the two samples are independent) and whether
     the on-policy rate lies inside the estimate's interval."""
-    from pagerl.eval.logs_ips import estimate_dict
 
     estimate, on_policy = check["bts_ips_on_random_log"], check["bts_on_policy"]
     difference = estimate.value - on_policy.value

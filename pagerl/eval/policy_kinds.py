@@ -1,16 +1,15 @@
 """How the eval stage lays out the pages of a saved policy, by the kind of policy it is.
 
 A run's policies are not all language models: the ``rllib`` stage saves an
-RLlib module that scores candidates (:mod:`pagerl.eval.rllib_baseline`). A
+RLlib module that scores candidates (:mod:`pagerl.rllib_baseline.ppo`). A
 saved policy directory says what it is in :data:`MANIFEST` (``{"kind": ...}``);
 a directory without one is a language-model policy (``"lm"``: a Hugging Face
 checkpoint and its tokenizer, what the sft and rl stages save). Each kind is
 one entry of :data:`POLICY_KINDS`, a function ``(recipe, policy_dir,
-requests, env) -> MethodPages``, so the eval loop has no branch per kind and a
-new kind of policy is one registered function.
-
-Entries import what they need when called: loading this module imports
-neither transformers nor RLlib.
+requests, env) -> MethodPages``, registered by the module that knows that kind
+of policy (``"lm"``: :mod:`pagerl.eval.pages`; ``"rllib_ppo"``:
+:mod:`pagerl.rllib_baseline.ppo`), so the eval loop has no branch per kind and
+a new kind of policy is one registered function.
 """
 
 from __future__ import annotations
@@ -54,17 +53,3 @@ def saved_policy_pages(recipe: Any, policy_dir: str, requests: Sequence[Request]
     """The pages of the saved policy in ``policy_dir`` for ``requests`` (a ``MethodPages``)."""
     kind = str(read_manifest(policy_dir).get("kind", LM))
     return lookup(POLICY_KINDS, kind)(recipe, str(policy_dir), requests, env)
-
-
-@register_policy_kind(LM)
-def _language_model_pages(recipe: Any, policy_dir: str, requests: Sequence[Request], env: Any) -> Any:
-    from pagerl.eval.evaluate import policy_pages
-
-    return policy_pages(recipe, policy_dir, requests)
-
-
-@register_policy_kind("rllib_ppo")
-def _rllib_pages(recipe: Any, policy_dir: str, requests: Sequence[Request], env: Any) -> Any:
-    from pagerl.eval.rllib_baseline import rllib_pages
-
-    return rllib_pages(recipe, policy_dir, requests, env)

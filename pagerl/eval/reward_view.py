@@ -6,7 +6,7 @@ therefore also scores every method's held-out pages with the run's reward
 model and reports, per method, the mean page reward and the mean of the summed
 item rewards, and for each learned policy the paired differences against the
 other methods on the same requests, exactly as the simulator's figures are
-paired (:func:`pagerl.eval.evaluate.paired_differences`). A policy whose
+paired (:func:`pagerl.eval.scoring.paired_differences`). A policy whose
 reward-model difference against SFT is positive while its simulator
 difference is not is over-optimising its reward model. With a click-trained
 reward model (:mod:`pagerl.rewards.clicks`) both figures are in expected clicks,
@@ -25,14 +25,13 @@ import numpy as np
 
 from pagerl.data.types import Request
 from pagerl.eval.stats import mean_se
+from pagerl.rewards.models import HEADS_FILE, load_reward_models
 
 FIGURES = ("rm_page", "rm_item_sum")
 
 
 def reward_model_dir(recipe: Any, run_dir: Path) -> Optional[Path]:
     """The run's trained reward model (``rewards.model_dir``, else ``<run_dir>/rm/final``), if there is one."""
-    from pagerl.rewards.models import HEADS_FILE
-
     directory = Path(recipe.rewards.model_dir) if recipe.rewards.model_dir else run_dir / "rm" / "final"
     return directory if (directory / HEADS_FILE).is_file() else None
 
@@ -46,7 +45,6 @@ def reward_model_view(model_dir: Path, requests: Sequence[Request], pages: Mappi
     None when it has no valid page there (not scored). ``others[policy]``
     names the methods each learned policy is paired with.
     """
-    from pagerl.rewards.models import load_reward_models
 
     models = load_reward_models(model_dir, batch_size=batch_size, dtype=dtype,
                                 attn_implementation=attn_implementation)

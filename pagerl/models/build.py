@@ -3,7 +3,7 @@
 ``model.source: tiny`` builds a small Llama- or Qwen2-style causal LM from
 ``model.tiny``, sized to the tokenizer (CPU runs and CI); any other source is
 a pretrained causal LM (a local Hugging Face directory, a GGUF file, or a
-packaged model: :mod:`pagerl.models.sources`), whose embeddings are resized
+packaged model: :mod:`pagerl.config.model_source`), whose embeddings are resized
 to the tokenizer after the candidate index tokens were added. Checkpoints a run saved
 are read back with :func:`load_policy` (safetensors only: no pickled weights
 are ever loaded).
@@ -29,9 +29,9 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from pagerl.config.model_source import ModelSourceError, resolve_source
 from pagerl.errors import PageRLError
 from pagerl.models.candidates import enable_pointer
-from pagerl.models.sources import ModelSourceError, resolve_source
 from pagerl.tokenization.serialize import candidate_token_ids, response_marker_length
 
 

@@ -60,6 +60,7 @@ from pagerl.models.build import resolve_attn_implementation, resolve_dtype
 from pagerl.models.candidates import CandidatePointer
 from pagerl.rewards.clicks import ITEM_OUTPUTS, PAGE_OUTPUTS
 from pagerl.tokenization.serialize import encode_prompt, encode_response
+from pagerl.tokenization.tokenizer import load_policy_tokenizer
 
 HEADS_FILE = "reward_model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -352,8 +353,6 @@ class RewardModels:
 def load_reward_models(rm_final_dir: str | Path, *, batch_size: int = 64, device: str | torch.device = "cpu",
                        dtype: Optional[str] = None, attn_implementation: str = "sdpa") -> RewardModels:
     """The trained reward models of ``<run_dir>/rm/final`` (or any checkpoint of the stage)."""
-    from pagerl.tokenization.tokenizer import load_policy_tokenizer
-
     directory = Path(rm_final_dir)
     if not directory.is_dir():
         raise RewardModelError(f"{directory}: not a directory (expected a reward-model directory such as <run_dir>/rm/final)")

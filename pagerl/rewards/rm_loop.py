@@ -40,8 +40,8 @@ from pagerl.distributed.device import to_device
 from pagerl.rewards.clicks import click_losses, labels_tensor, uses_clicks
 from pagerl.rewards.models import RewardModel, pack_sequences
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
-from pagerl.train.batching import Schedule, micro_batches
-from pagerl.train.engine import all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker, start_stage_training
+from pagerl.train.batching import Schedule, lr_at, micro_batches
+from pagerl.train.engine import all_mean, all_sum, report_checkpoint, setup_stage_worker, start_stage_training
 
 
 def bradley_terry_loss(delta: torch.Tensor, weight: torch.Tensor, label_smoothing: float = 0.0,

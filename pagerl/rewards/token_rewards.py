@@ -12,7 +12,7 @@ p[b], item rewards I[b, k] (k < K), validity v[b], the response mask M[b, t],
 and the ``rewards.*`` keys w_page, w_item, normalize, clip, invalid_penalty.
 
 1. **Finiteness.** A NaN or infinite p[b] or I[b, k] of a valid page raises
-   :class:`~pagerl.rewards.sources.RewardError`: the run stops rather than
+   :class:`~pagerl.rewards.reward_sources.RewardError`: the run stops rather than
    train on it. Rewards of invalid pages are ignored (they may be anything).
 2. **Normalisation**, of page rewards and of item rewards *separately* (they
    have different scales, so w_page and w_item keep their meaning), with
@@ -53,7 +53,7 @@ and the ``rewards.*`` keys w_page, w_item, normalize, clip, invalid_penalty.
    page-value estimates, at slot t the items' reward-to-go plus the page
    reward's correction for what the items miss (page-level effects, and
    the item model's blind spot for items below a slot). Measured on the
-   starting policy's own samples (:mod:`pagerl.rewards.fidelity`), this
+   starting policy's own samples (:mod:`pagerl.rl.credit_fidelity`), this
    credit tracks the exact credit better than crediting the whole page
    reward to every token.
 5. **Placement.** For a valid page let t_0 < t_1 < ... < t_K be its K + 1
@@ -82,9 +82,10 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from pagerl.config.schema import RewardConfig
+from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.schema import RecipeConfig, RewardConfig
 from pagerl.registry import Registry, lookup, register
-from pagerl.rewards.sources import RewardError
+from pagerl.rewards.reward_sources import RewardError
 
 EPS = 1e-6
 
@@ -391,3 +392,10 @@ def assemble_token_rewards(
         last = positions[bad, counts[bad] - 1]
         rewards[bad, last] = -float(cfg.invalid_penalty)
     return rewards
+
+
+@rule
+def _reward_shaping(r: RecipeConfig) -> Finding:
+    """``rewards.page_reward`` and ``rewards.normalize`` name registered implementations."""
+    return (one_of("rewards.page_reward", r.rewards.page_reward, tuple(sorted(PAGE_REWARDS)))
+            or one_of("rewards.normalize", r.rewards.normalize, tuple(sorted(NORMALIZATIONS))))

@@ -24,7 +24,7 @@ Every phase is timed, and every number it logs comes from the code named in
 :meth:`RLController.step`. Advantages are computed here, on the whole step's
 batch, because group and per-slot statistics span pages that sit on
 different trainer ranks. The roles never call each other; the controller
-hands each the data it needs (:mod:`pagerl.rl.groups` is the one vocabulary).
+hands each the data it needs (:mod:`pagerl.rl.roles.groups` is the one vocabulary).
 """
 
 from __future__ import annotations
@@ -41,9 +41,12 @@ import torch
 
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
-from pagerl.rl import checkpoint as ckpt
+from pagerl.eval.pages import decoding_chunks, decoding_options, eval_k, eval_simulator, learned_pages
+from pagerl.eval.scoring import METRICS, PAIRED_METRICS, aggregate, score_method
+from pagerl.rewards.token_rewards import RewardNormalizer, shaped_rewards
+from pagerl.rl import frames as xp
+from pagerl.rl import rl_checkpoint as ckpt
 from pagerl.rl import rl_seed
-from pagerl.rl import experience as xp
 from pagerl.rl.algorithms import (
     AdvantageInputs,
     SlotBaseline,
@@ -53,11 +56,14 @@ from pagerl.rl.algorithms import (
     resolve_algorithm,
 )
 from pagerl.rl.algorithms.off_policy import importance_weights
-from pagerl.rl.groups import ActorGroup, RoleDiedError
-from pagerl.rl.placement import plan_placement
-from pagerl.rl.rollout import RolloutBatch, RolloutVersionError, RolloutWorker
-from pagerl.rl.trainer import PolicyTrainerRank
+from pagerl.rl.roles.groups import ActorGroup, RoleDiedError
+from pagerl.rl.roles.placement import plan_placement
+from pagerl.rl.roles.reward_workers import RewardWorkerGroup
+from pagerl.rl.roles.rollout import RolloutBatch, RolloutVersionError, RolloutWorker
+from pagerl.rl.roles.trainer import PolicyTrainerRank
 from pagerl.rl.weight_sync import WeightSync, verify_sync
+from pagerl.tokenization.tokenizer import load_policy_tokenizer
+from pagerl.train.batching import lr_at
 
 PHASES = ("generate", "reward", "experience", "train", "sync", "eval")
 
@@ -131,7 +137,7 @@ class RLController:
                  resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., "Roles"]] = None,
                  heldout: Sequence[Request] = ()) -> None:
         """``build_roles`` makes the role groups (:func:`ray_roles`, the default: Ray actors in one
-        placement group; :func:`pagerl.rl.local.local_roles`: the same classes in this process).
+        placement group; :func:`pagerl.rl.roles.local.local_roles`: the same classes in this process).
         ``heldout``: the requests :meth:`evaluate` lays out pages for (``rl.eval_every``)."""
         self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
         self.heldout = list(heldout)
@@ -145,7 +151,6 @@ class RLController:
         self.cursor = PromptCursor(len(self.requests), int(cfg.requests_per_step), rl_seed(recipe))
         self.kl = make_kl_controller(cfg.kl)
         self.baseline = SlotBaseline(cfg.baseline_scope)
-        from pagerl.rewards.token_rewards import RewardNormalizer
 
         self.normalizer = RewardNormalizer()
         self.version = 0
@@ -173,7 +178,7 @@ class RLController:
             self.shutdown()  # a role that failed to start must not keep the others' resources reserved
             raise
 
-    # -- checkpoints (pagerl.rl.checkpoint) -----------------------------------------------------
+    # -- checkpoints (pagerl.rl.rl_checkpoint) -----------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Everything of the loop's own state a resumed run needs (the trainer ranks save theirs)."""
         return {
@@ -260,7 +265,7 @@ class RLController:
             "sync_mb_per_s": sync.mb_per_s, "sync_seconds": sync.seconds,
             "sync_mb": sync.bytes / 2**20, "version": float(self.version), "kl_coef": self.kl.value,
             "lr": self._lr(step), "prompt_epoch": float(self.cursor.epoch),
-            # faults survived so far in this attempt of the stage (pagerl.rewards.workers for rewards)
+            # faults survived so far in this attempt of the stage (pagerl.rl.roles.reward_workers for rewards)
             "rollout_workers_replaced": float(self.faults["rollout_workers_replaced"]),
             "reward_batch_retries": float(self.rewards.stats["retries"]),
         })
@@ -413,20 +418,15 @@ class RLController:
 
     def _normalize(self, page: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor):
         """``rewards.normalize``, ``rewards.clip`` and ``rewards.page_reward`` (pagerl.rewards.token_rewards)."""
-        from pagerl.rewards.token_rewards import shaped_rewards
-
         return shaped_rewards(page, items, valid, self.recipe.rewards, self.normalizer, group_ids)
 
     def _lr(self, step: int) -> float:
-        from pagerl.train.engine import lr_at
-
         return lr_at(step, base_lr=self.cfg.lr, warmup_steps=self.cfg.warmup_steps, total_steps=self.cfg.steps,
                      min_ratio=1.0)
 
     @property
     def _pad_id(self) -> int:
         if not hasattr(self, "_pad"):
-            from pagerl.tokenization.tokenizer import load_policy_tokenizer
 
             tok = load_policy_tokenizer(self._policy_dir)
             self._pad = int(tok.eos_token_id if tok.pad_token_id is None else tok.pad_token_id)
@@ -450,29 +450,28 @@ class RLController:
         """The held-out figures of the policy the rollout workers hold (version ``self.version``).
 
         The pages are decoded as the eval stage decodes a saved policy (``eval.decoding``,
-        ``eval.constrained``, the same chunks and seeds: :func:`pagerl.eval.evaluate.decoding_chunks`),
+        ``eval.constrained``, the same chunks and seeds: :func:`pagerl.eval.pages.decoding_chunks`),
         the chunks spread over the rollout workers, and scored by the eval stage's own
-        :func:`~pagerl.eval.evaluate.score_method` and :func:`~pagerl.eval.evaluate.aggregate`; so
+        :func:`~pagerl.eval.scoring.score_method` and :func:`~pagerl.eval.scoring.aggregate`; so
         after the last step they are the eval stage's figures for the saved RL policy (greedy).
         Logged as ``eval/<metric>`` (the eval stage's names) and ``eval/<metric>_se``.
         """
-        from pagerl.eval import evaluate as ev
 
         if not self.heldout:
             raise RLError("rl.eval_every is on but the controller was given no held-out requests")
         if not hasattr(self, "_sim"):
-            self._sim = ev.eval_simulator(self.recipe)
-        chunks = ev.decoding_chunks(self.recipe, self.heldout)
+            self._sim = eval_simulator(self.recipe)
+        chunks = decoding_chunks(self.recipe, self.heldout)
         workers = len(self.rollouts)
-        options = ev.decoding_options(self.recipe)
+        options = decoding_options(self.recipe)
         args = [(chunks[w::workers], options) for w in range(workers)]
         refs = self.rollouts.async_call_each("heldout_pages", [(*a, self.version) for a in args])
         answers = [self._heldout_answer(w, ref, args[w]) for w, ref in enumerate(refs)]
         generated = [page for i in range(len(chunks)) for page in answers[i % workers][i // workers]]
-        pages = ev.learned_pages(generated).pages
-        row = ev.aggregate(ev.score_method(pages, self.heldout, self._sim, k=ev.eval_k(self.recipe)))
-        out = {f"eval/{m}": float(row[m]) for m in ev.METRICS if row[m] is not None}
-        out.update({f"eval/{m}_se": float(row[f"{m}_se"]) for m in ev.PAIRED_METRICS if row[f"{m}_se"] is not None})
+        pages = learned_pages(generated).pages
+        row = aggregate(score_method(pages, self.heldout, self._sim, k=eval_k(self.recipe)))
+        out = {f"eval/{m}": float(row[m]) for m in METRICS if row[m] is not None}
+        out.update({f"eval/{m}_se": float(row[f"{m}_se"]) for m in PAIRED_METRICS if row[f"{m}_se"] is not None})
         out["eval/requests"] = float(row["count"])
         return out
 
@@ -543,8 +542,6 @@ class Roles:
 
 def ray_roles(recipe: Any, run_dir: Path, policy_dir: str, needs_critic: bool, resume_dir: Optional[Path]) -> Roles:
     """Every role as Ray actors, reserved together in one placement group (``rl.*``, ``rewards.*``)."""
-    from pagerl.rewards.workers import RewardWorkerGroup
-
     cfg = recipe.rl
     timeout, ranks = float(cfg.timeout_s), int(cfg.trainer.num_ranks)
     placement = plan_placement({

@@ -1,7 +1,7 @@
 """The whole-page user simulator: a world with known ground truth.
 
 It plays two roles. As a **data source** it generates logged impressions
-under a logging policy (:func:`synthesize`). As a **judge** it scores any
+under a logging policy (:func:`pagerl.envs.synth.synthesize`). As a **judge** it scores any
 page exactly -- expected clicks and GMV, NDCG against the true relevance,
 diversity, redundancy -- and knows the best page (:meth:`Simulator.oracle_page`).
 
@@ -19,14 +19,13 @@ Modules: :mod:`~pagerl.sim.world` (catalogue, users, what is visible),
 :mod:`~pagerl.sim.simulator` (the click model, documented exactly, and the
 API), :mod:`~pagerl.sim.click_model` (its vectorised arithmetic),
 :mod:`~pagerl.sim.logging_policies` (registry), :mod:`~pagerl.sim.oracle`
-(exact and beam search), :mod:`~pagerl.sim.synth` (the synth stage).
+(exact and beam search). Logged data is written from any environment by :mod:`pagerl.envs.synth`.
 """
 
 from pagerl.sim.errors import SimulatorError
 from pagerl.sim.logging_policies import LOGGING_POLICIES, register_logging_policy
 from pagerl.sim.oracle import OraclePage
 from pagerl.sim.simulator import PageScore, Simulator
-from pagerl.sim.synth import load_synth_meta, synthesize
 from pagerl.sim.world import World
 
 __all__ = [
@@ -36,7 +35,5 @@ __all__ = [
     "Simulator",
     "SimulatorError",
     "World",
-    "load_synth_meta",
     "register_logging_policy",
-    "synthesize",
 ]

@@ -49,7 +49,6 @@ with a near-duplicate above them) / (K - 1), 0 when K = 1.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass

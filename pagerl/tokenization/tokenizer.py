@@ -26,6 +26,7 @@ from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from pagerl.config.model_source import ModelSourceError, resolve_source
 from pagerl.data.types import Impression, Request
 from pagerl.tokenization.serialize import chat_frame, price_tokens, prompt_segments
 from pagerl.tokenization.settings import (
@@ -115,7 +116,7 @@ def load_policy_tokenizer(model_cfg_or_path: Any, model_cfg: Any = None) -> Any:
     """The tokenizer of a local model directory, prepared for page serialization.
 
     ``model_cfg_or_path`` is a ``ModelConfig`` (its ``source`` names the
-    model, see :mod:`pagerl.models.sources`: a directory, a GGUF file or a
+    model, see :mod:`pagerl.config.model_source`: a directory, a GGUF file or a
     packaged model) or a directory path: a Hugging Face model directory or a
     checkpoint pagerl saved. Settings come from ``model_cfg`` (or the config
     passed first) when given, else from the tokenizer itself (a pagerl
@@ -125,7 +126,6 @@ def load_policy_tokenizer(model_cfg_or_path: Any, model_cfg: Any = None) -> Any:
     end of a page). Adding tokens grows the vocabulary: the model's embeddings
     must be resized to ``len(tokenizer)``, which ``build_policy`` does.
     """
-    from pagerl.models.sources import ModelSourceError, resolve_source
 
     if _is_model_config(model_cfg_or_path):
         model_cfg = model_cfg if model_cfg is not None else model_cfg_or_path

@@ -11,8 +11,13 @@ found) get lost. So a command that runs stages opens a :func:`session`:
 - :data:`CONSOLE` writes the person's lines to the terminal that was there
   before (and copies them into the log, so the log alone tells the story):
   one progress display per stage and each stage's headline result;
+- PageRL's own log lines (the ``logging`` loggers under ``pagerl``, at INFO
+  and above) go to the log, and only there;
 - on the way out the descriptors are restored before any error is printed,
   so real errors reach the terminal, which is also told where the full log is.
+
+So there are two channels and no third: :data:`CONSOLE` for what a person
+reads, ``logging.getLogger(__name__)`` for what the log keeps.
 
 The terminal is the standard output the command had; errors keep standard
 error. Outside a session (library use, tests that call the pipeline
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 import threading
@@ -34,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, TextIO
 
+from pagerl.tracking.metrics import METRICS_FILE
 from pagerl.tracking.progress import Progress
 
 LOG_FILE = "logs/run.log"
@@ -64,6 +71,16 @@ class Console:
         with self._lock:
             self._write_terminal(text + "\n")
             self._write_log(text + "\n")
+
+    def error(self, text: str) -> None:
+        """One whole line about a failure: on standard error outside a session; inside one (where
+        standard error is the log) on the terminal and in the log."""
+        if self._log is not None:
+            self.line(text)
+            return
+        with self._lock:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     def redraw(self, text: str) -> None:
         """Replace the current terminal line (interactive terminals only); not logged."""
@@ -147,9 +164,17 @@ def session(run_dir: Path) -> Iterator[Console]:
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     CONSOLE._terminal, CONSOLE._log, CONSOLE.log_path = terminal, log, log_path
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("pagerl")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         yield CONSOLE
     finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved_out, 1)
@@ -171,7 +196,6 @@ class MetricsWatcher:
 
     def __init__(self, run_dir: Path, stage: str, total: int, show: Mapping[str, str],
                  every_s: float, start_step: int = 0, poll_s: float = 1.0) -> None:
-        from pagerl.tracking.metrics import METRICS_FILE
 
         self.path = Path(run_dir) / METRICS_FILE
         self.stage = stage

@@ -1,6 +1,6 @@
 """The run report as one self-contained HTML page, rendered from the report's Markdown sections.
 
-Why render the Markdown and not build HTML beside it: :mod:`pagerl.tracking.report` writes each
+Why render the Markdown and not build HTML beside it: :mod:`pagerl.app.report` writes each
 section once, as Markdown; the page is that same text converted, so the two files cannot say
 different things. Why a converter of our own: the sections use a small fixed subset (headings,
 paragraphs, ``- `` lists, pipe tables, fenced code, inline code, ``**bold**``, ``_emphasis_``,

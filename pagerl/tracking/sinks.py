@@ -10,7 +10,7 @@ it on, which is also how errors name it.
 Each sink's package is imported only when a logger opens it, so recipes that
 leave the optional sinks off (the default) never import W&B or MLflow, and
 :func:`missing_modules` answers "is it installed?" without importing either,
-for the recipe check at load (``pagerl.config.validate``).
+for the recipe check at load (``pagerl.app.recipes``).
 
 Layout inside the run directory::
 

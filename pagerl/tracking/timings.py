@@ -4,7 +4,7 @@ Why a record of its own: ``metrics.jsonl`` holds what a stage measures of its
 own steps, but a stage's wall time also holds what no step sees (starting its
 Ray workers, loading models, checkpoints, its end-of-stage evaluation), and
 only the pipeline that runs the stage sees all of it
-(:func:`pagerl.pipeline.run`). Every attempt is kept: a stage stopped by
+(:func:`pagerl.app.pipeline.run`). Every attempt is kept: a stage stopped by
 ``*.stop_after_steps``, or one that failed and was run again, adds an attempt
 with its outcome; a stage skipped as already complete adds nothing. So the
 report's "Where the time went" is what the run cost in all, resumptions

@@ -11,6 +11,7 @@ global batch is dropped, so all ranks take the same number of steps.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Sequence
 
@@ -65,7 +66,7 @@ def collate(examples: Sequence[Dict[str, object]], pad_id: int) -> Dict[str, tor
     """Right-pad a list of ``{input_ids, labels, weight}`` into tensors.
 
     Examples that carry their page's shape (``num_candidates`` and
-    ``page_size``, as :func:`pagerl.train.sft.encode_examples` writes) give the
+    ``page_size``, as :func:`pagerl.stages.sft.encode_examples` writes) give the
     batch ``num_candidates`` and ``page_sizes`` ``[B]`` too, for the
     constrained loss; they are left out unless every example has both.
     """
@@ -89,3 +90,12 @@ def collate(examples: Sequence[Dict[str, object]], pad_id: int) -> Dict[str, tor
 
 def iterate_steps(schedule: Schedule, start_step: int) -> Iterator[int]:
     return iter(range(start_step, schedule.total_steps))
+
+
+def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio * base_lr`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -9,7 +9,6 @@ schedule as a pure function of the step (no scheduler state to lose).
 
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import tempfile
@@ -19,25 +18,17 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as torch_dist
-from safetensors.torch import load_file, save_file
 from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+from safetensors.torch import load_file, save_file
 
 from pagerl.config.schema import DistributedConfig
-from pagerl.distributed import checkpoint as ckpt
+from pagerl.distributed import checkpoint_format as ckpt
 from pagerl.distributed.deepspeed_config import deepspeed_config
 from pagerl.distributed.deepspeed_config import initialize as initialize_deepspeed
+from pagerl.distributed.device import worker_device
 from pagerl.tracking.metrics import MetricsLogger
 from pagerl.tracking.progress import Progress
 from pagerl.train.batching import Schedule
-
-
-def lr_at(step: int, *, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> float:
-    """Linear warm-up, then cosine decay to ``min_ratio * base_lr`` at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return base_lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -47,7 +38,7 @@ class TrainState:
 
 
 class ZeroPolicy:
-    """A module under a DeepSpeed engine, with the checkpoint format of :mod:`pagerl.distributed.checkpoint`.
+    """A module under a DeepSpeed engine, with the checkpoint format of :mod:`pagerl.distributed.checkpoint_format`.
 
     ``module`` is what DeepSpeed wraps (the forward that computes the loss
     inputs, e.g. :class:`pagerl.models.logprobs.CausalLMLogprobs`);
@@ -179,7 +170,7 @@ class ZeroPolicy:
         return out
 
     def save(self, directory: Path, tokenizer: Any, extra_state: Dict[str, Any]) -> None:
-        """Write a checkpoint (see :mod:`pagerl.distributed.checkpoint`). Collective.
+        """Write a checkpoint (see :mod:`pagerl.distributed.checkpoint_format`). Collective.
 
         Every rank gathers the weights (ZeRO-3 gathering is collective) and
         writes its optimizer partition; rank 0 writes the model, tokenizer and,
@@ -243,7 +234,6 @@ def setup_stage_worker(config: Dict[str, Any]) -> StageWorker:
     resumed = ray.train.get_checkpoint()
     resume_dir = Path(resumed.path) if resumed is not None else (
         Path(config["resume_from"]) if config.get("resume_from") else None)
-    from pagerl.distributed.device import worker_device
 
     device = worker_device(bool(recipe.distributed.use_gpu))
     if device.type == "cuda":

@@ -26,11 +26,11 @@ import torch
 from pagerl.config.schema import RecipeConfig
 from pagerl.distributed.device import to_device
 from pagerl.models.build import load_policy
-from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint
 from pagerl.models.logprobs import CausalLMLogprobs
-from pagerl.train.batching import collate, micro_batches
-from pagerl.train.engine import all_mean, all_sum, lr_at, report_checkpoint, setup_stage_worker, start_stage_training
+from pagerl.tokenization.tokenizer import load_policy_tokenizer
+from pagerl.train.batching import collate, lr_at, micro_batches
+from pagerl.train.engine import all_mean, all_sum, report_checkpoint, setup_stage_worker, start_stage_training
 
 
 def weighted_nll(logprobs: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,7 @@ def sft_nll(forward: Callable[..., torch.Tensor], batch: Dict[str, torch.Tensor]
     if constrained:
         if "num_candidates" not in batch or "page_sizes" not in batch:
             raise ValueError("sft.constrained_loss: the batch has no num_candidates / page_sizes; build the "
-                             "examples with pagerl.train.sft.encode_examples, which records each page's shape")
+                             "examples with pagerl.stages.sft.encode_examples, which records each page's shape")
         constraint = ResponseConstraint(batch["num_candidates"], batch["page_sizes"])
     logprobs = forward(batch["input_ids"], batch["attention_mask"], batch["labels"], constraint=constraint)
     return weighted_nll(logprobs, batch["labels"], batch["weight"])

@@ -21,7 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pagerl.config.load import load_recipe
+from pagerl.app.recipes import load_recipe
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -12,11 +12,11 @@ from typing import get_type_hints
 
 import pytest
 
-from pagerl.config.load import load_recipe
+from pagerl.app.recipes import load_recipe
 from pagerl.config.paths import PATH_KEYS, path_keys
 from pagerl.config.schema import RecipeConfig
+from pagerl.envs.synth import synthesize
 from pagerl.errors import RecipeError
-from pagerl.sim.synth import synthesize
 
 REPO = Path(__file__).resolve().parents[2]
 

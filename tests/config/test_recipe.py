@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pagerl.config.load import load_recipe, recipe_to_yaml
+from pagerl.app.recipes import load_recipe
+from pagerl.config.load import recipe_to_yaml
 from pagerl.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pagerl.config.load import load_recipe
+from pagerl.app.recipes import load_recipe
 from pagerl.config.schema import SimConfig
 from pagerl.data.io import read_impressions
 from pagerl.envs import PageSimEnv, env_from_recipe
+from pagerl.envs.synth import config_to_dict, synthesize, synthesize_env, synthesize_recipe
 from pagerl.errors import RecipeError
-from pagerl.eval.evaluate import EvalError, run_eval_stage
-from pagerl.rewards.sources import build_reward_source, score_pages
-from pagerl.sim.synth import config_to_dict, synthesize, synthesize_env, synthesize_recipe
+from pagerl.eval.scoring import EvalError
+from pagerl.rewards.reward_sources import build_reward_source, score_pages
+from pagerl.stages.eval import run_eval_stage
 
 REPO = Path(__file__).resolve().parents[2]
 requires_obp = pytest.mark.skipif(

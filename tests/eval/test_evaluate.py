@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from pagerl.app.report import write_report
 from pagerl.config.schema import (
     EvalConfig,
     ModelConfig,
@@ -17,22 +18,15 @@ from pagerl.config.schema import (
     TinyModelConfig,
 )
 from pagerl.data.io import read_impressions
-from pagerl.eval.baselines import BASELINES, baseline_rng
-from pagerl.eval.evaluate import (
-    EvalError,
-    aggregate,
-    baseline_pages,
-    evaluate,
-    paired_differences,
-    run_eval_stage,
-    score_method,
-)
+from pagerl.envs.synth import synthesize
+from pagerl.eval.baseline_policies import BASELINES, baseline_rng
+from pagerl.eval.pages import baseline_pages
+from pagerl.eval.scoring import EvalError, aggregate, evaluate, paired_differences, score_method
 from pagerl.models.build import build_policy
 from pagerl.sim import Simulator, World
-from pagerl.sim.synth import synthesize
+from pagerl.stages.eval import run_eval_stage
 from pagerl.tokenization import build_tokenizer
 from pagerl.tracking.metrics import read_metrics
-from pagerl.tracking.report import write_report
 
 SEED = 3
 SIM = SimConfig(num_items=60, num_users=30, candidates_per_request=6, page_size=3,

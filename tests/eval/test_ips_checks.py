@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pagerl.config.load import load_recipe
+from pagerl.app.recipes import load_recipe
+from pagerl.app.report import write_report
 from pagerl.config.schema import EvalConfig, RecipeConfig, RunConfig, SimConfig
+from pagerl.envs.synth import synthesize
 from pagerl.errors import RecipeError
-from pagerl.eval.evaluate import run_eval_stage
 from pagerl.eval.logs_ips import tempered_logging_check
 from pagerl.sim import Simulator, World
-from pagerl.sim.synth import synthesize
-from pagerl.tracking.report import write_report
+from pagerl.stages.eval import run_eval_stage
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 5

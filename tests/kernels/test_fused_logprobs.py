@@ -15,7 +15,14 @@ import math
 import pytest
 import torch
 
-from pagerl_kernels import IMPLS, chunked_linear_logprobs, fused_linear_logprobs, plan_tiles, register_impl, resolve_impl
+from pagerl_kernels import (
+    IMPLS,
+    chunked_linear_logprobs,
+    fused_linear_logprobs,
+    plan_tiles,
+    register_impl,
+    resolve_impl,
+)
 from pagerl_kernels.naive import naive_linear_logprobs
 
 # Added to the naive path's error, times the reference's max magnitude.

@@ -25,12 +25,12 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+# The same inputs as the PyTorch-path tests (this script's folder is sys.path[0]).
+from test_fused_logprobs import make_inputs  # noqa: E402
+
 from pagerl_kernels import fused_linear_logprobs  # noqa: E402
 from pagerl_kernels.naive import naive_linear_logprobs  # noqa: E402
 from pagerl_kernels.triton_impl import TritonBlocks, triton_linear_logprobs  # noqa: E402
-
-# The same inputs as the PyTorch-path tests (this script's folder is sys.path[0]).
-from test_fused_logprobs import make_inputs  # noqa: E402
 
 NAMES = ("logp", "entropy", "grad_h", "grad_w")
 

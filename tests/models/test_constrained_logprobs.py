@@ -359,8 +359,8 @@ def test_a_policy_without_the_pointer_needs_its_page_tokens_and_bad_inputs_are_r
 
 def test_sft_examples_and_batches_carry_the_constraint_and_the_constrained_nll():
     from pagerl.data.types import Impression
+    from pagerl.stages.sft import encode_examples
     from pagerl.train.batching import collate
-    from pagerl.train.sft import encode_examples
     from pagerl.train.sft_loop import sft_nll
 
     model, tokenizer, requests = make_setup("pointer-llama", seed=10)

@@ -18,8 +18,8 @@ from pagerl.rewards.clicks import click_labels, click_losses, encode_impressions
 from pagerl.rewards.models import HEADS_FILE, RewardModel, RewardModels, load_reward_models
 from pagerl.rewards.pairs import build_pairs
 from pagerl.rewards.rm_loop import collate_pairs, rm_losses
-from pagerl.rewards.rm_stage import encode_pairs
 from pagerl.sim import Simulator, World
+from pagerl.stages.rm import encode_pairs
 from pagerl.tokenization import build_tokenizer, candidate_token_ids
 
 

@@ -17,8 +17,8 @@ from pagerl.rewards.models import HEADS_FILE, RewardModel, RewardModelError, Rew
 from pagerl.rewards.pairs import build_pairs
 from pagerl.rewards.quality import spearman
 from pagerl.rewards.rm_loop import bradley_terry_loss, collate_pairs, pair_deltas, rm_losses
-from pagerl.rewards.rm_stage import encode_pairs
 from pagerl.sim import Simulator, World
+from pagerl.stages.rm import encode_pairs
 from pagerl.tokenization import build_tokenizer, candidate_token_ids
 
 

@@ -5,16 +5,16 @@ the running moments (merge, all-reduce across two gloo ranks, checkpoint)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 from pagerl.config.schema import RewardConfig
-from pagerl.rewards.sources import RewardError
+from pagerl.rewards.reward_sources import RewardError
 from pagerl.rewards.token_rewards import (
     EPS,
     RewardNormalizer,

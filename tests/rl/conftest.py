@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from pagerl.config.load import load_recipe
+from pagerl.app.recipes import load_recipe
 from pagerl.data.types import Request
 from pagerl.distributed import ray_cluster
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pagerl.config.load import load_recipe
+from pagerl.app.recipes import load_recipe
 from pagerl.errors import RecipeError
-from pagerl.eval.evaluate import METRICS
+from pagerl.eval.scoring import METRICS
 from pagerl.tracking.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def test_ci_small_and_quickstart_turn_it_on():
 
 @pytest.mark.slow
 def test_the_last_in_rl_point_is_the_eval_stages_figure_for_the_rl_policy(tmp_path):
-    from pagerl import pipeline
+    from pagerl.app import pipeline
     from pagerl.distributed import ray_cluster
 
     steps = 3

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from pagerl import pipeline
-from pagerl.config.load import load_recipe
+from pagerl.app import pipeline
+from pagerl.app.recipes import load_recipe
 from pagerl.data.io import read_impressions
 from pagerl.distributed import ray_cluster
 from pagerl.distributed.compute_log import covered_seconds
 from pagerl.rl.controller import RLController
-from pagerl.rl.groups import RoleTimeoutError
-from pagerl.rl.stage import run_rl_stage
+from pagerl.rl.roles.groups import RoleTimeoutError
 from pagerl.rl.weight_sync import WeightSyncError
+from pagerl.stages.rl import run_rl_stage
 from pagerl.tracking.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -347,8 +347,8 @@ def test_a_role_that_stops_answering_ends_the_run_naming_it(base, role, busy, ta
 
 
 def test_the_single_process_loop_runs_the_controllers_step_without_ray(base, monkeypatch):
-    """pagerl.rl.local: the benchmark's reference runs the same step with every role in this process."""
-    from pagerl.rl.local import LocalGroup, local_roles
+    """pagerl.rl.roles.local: the benchmark's reference runs the same step with every role in this process."""
+    from pagerl.rl.roles.local import LocalGroup, local_roles
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(key, raising=False)  # the in-process rank sets them; undone after the test

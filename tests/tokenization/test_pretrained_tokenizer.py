@@ -9,9 +9,15 @@ from transformers import PreTrainedTokenizerFast
 
 from pagerl.config.schema import ModelConfig
 from pagerl.models.candidates import candidate_spans
-from pagerl.tokenization import SerializationError, candidate_token_ids, encode_example, encode_prompt, load_policy_tokenizer
+from pagerl.tokenization import (
+    SerializationError,
+    candidate_token_ids,
+    encode_example,
+    encode_prompt,
+    load_policy_tokenizer,
+)
 from pagerl.tokenization.serialize import RESPONSE_MARKER, chat_frame, response_marker_length
-from tests.models.test_sources import smollm2_installed
+from tests.config.test_model_source import smollm2_installed
 from tests.tokenization.test_tokenizer import make_request
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "

@@ -23,7 +23,8 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from pagerl.config.load import load_recipe, recipe_to_yaml
+from pagerl.app.recipes import load_recipe
+from pagerl.config.load import recipe_to_yaml
 from pagerl.config.schema import TrackingConfig
 from pagerl.errors import RecipeError
 from pagerl.tracking.metrics import METRICS_FILE, MetricsLogger, read_metrics

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pagerl.config.load import load_recipe
+from pagerl.app.pipeline import run
+from pagerl.app.recipes import load_recipe
 from pagerl.data.errors import DataError
-from pagerl.pipeline import run
 from pagerl.tracking.timings import read_stage_times
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,6 +6,10 @@ experience they hold. Every choice a recipe makes is a name in one of the
 registries exported here; :func:`resolve_algorithm` checks them all.
 """
 
+from pagerl.config.rules import Finding, rule
+from pagerl.config.schema import RecipeConfig
+from pagerl.registry import Registry, lookup, register
+from pagerl.rl.algorithms.advantage_baselines import BASELINE_SCOPES, SlotBaseline
 from pagerl.rl.algorithms.advantages import (
     ADVANTAGE_ESTIMATORS,
     SLOT_CREDITS,
@@ -19,7 +23,6 @@ from pagerl.rl.algorithms.advantages import (
     rloo,
 )
 from pagerl.rl.algorithms.algorithm import ALGORITHMS, KL_MODES, Algorithm, resolve_algorithm
-from pagerl.rl.algorithms.baselines import BASELINE_SCOPES, SlotBaseline
 from pagerl.rl.algorithms.kl import (
     KL_CONTROLLERS,
     KL_ESTIMATORS,
@@ -42,7 +45,7 @@ from pagerl.rl.algorithms.losses import (
     masked_mean,
     token_entropy,
 )
-from pagerl.registry import Registry, lookup, register
+from pagerl.rl.algorithms.off_policy import CORRECTIONS
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -83,3 +86,20 @@ __all__ = [
     "rloo",
     "token_entropy",
 ]
+
+
+@rule
+def _rl_algorithm(r: RecipeConfig) -> Finding:
+    """``rl.off_policy.correction`` is registered, and (when the recipe trains RL) ``rl.algorithm`` with the
+    estimator, baseline and KL settings it names resolves."""
+    c = r.rl
+    if c.off_policy.correction not in CORRECTIONS:
+        return "rl.off_policy.correction", f"expected one of {sorted(CORRECTIONS)}, got {c.off_policy.correction!r}"
+    if "rl" in r.run.stages:
+        try:
+            resolve_algorithm(c)
+        except ValueError as exc:
+            text = str(exc)
+            key = text.split(":", 1)[0] if text.startswith("rl.") else "rl.algorithm"
+            return key, text
+    return None

@@ -77,7 +77,8 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from pagerl.config.schema import RLConfig
-from pagerl.rl.algorithms.baselines import (
+from pagerl.registry import Registry, lookup, register
+from pagerl.rl.algorithms.advantage_baselines import (
     BASELINE_SCOPES,
     SlotBaseline,
     dense_groups,
@@ -85,7 +86,6 @@ from pagerl.rl.algorithms.baselines import (
     standardize,
 )
 from pagerl.rl.algorithms.checks import optional_shape, require_frame, require_shape
-from pagerl.registry import Registry, lookup, register
 
 Result = Tuple[torch.Tensor, Optional[torch.Tensor]]
 AdvantageEstimator = Callable[..., Result]

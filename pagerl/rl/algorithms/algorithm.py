@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pagerl.config.schema import RLConfig
+from pagerl.registry import Registry, lookup, register
+from pagerl.rl.algorithms.advantage_baselines import BASELINE_SCOPES
 from pagerl.rl.algorithms.advantages import ADVANTAGE_ESTIMATORS, SLOT_CREDITS, AdvantageEstimator
-from pagerl.rl.algorithms.baselines import BASELINE_SCOPES
 from pagerl.rl.algorithms.kl import KL_CONTROLLERS, KL_ESTIMATORS
 from pagerl.rl.algorithms.losses import LOSS_AGGREGATIONS
-from pagerl.registry import Registry, lookup, register
 
 ALGORITHMS = Registry("rl.algorithm")
 KL_MODES = ("reward", "loss")

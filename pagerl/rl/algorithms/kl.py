@@ -36,8 +36,8 @@ from typing import Callable, Dict, Mapping, Union
 import torch
 
 from pagerl.config.schema import KLConfig
-from pagerl.rl.algorithms.checks import require_shape
 from pagerl.registry import Registry, lookup, register
+from pagerl.rl.algorithms.checks import require_shape
 
 # (logprobs[B, T], ref_logprobs[B, T], mask[B, T]) -> KL[B, T]
 KLEstimator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -39,9 +39,9 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from pagerl.registry import Registry, lookup, register
 from pagerl.rl.algorithms.checks import require_shape
 from pagerl.rl.algorithms.kl import estimate_kl
-from pagerl.registry import Registry, lookup, register
 
 # (loss[B, T], mask[B, T] bool, denominator or None) -> scalar
 Aggregation = Callable[[torch.Tensor, torch.Tensor, Optional[float]], torch.Tensor]
