@@ -23,7 +23,7 @@ from pagerl.rl.roles.reward_workers import RewardWorkerError, RewardWorkerGroup
 from pagerl.sim import Simulator, World
 
 REPO = Path(__file__).resolve().parents[3]
-HERE = Path(__file__).resolve().parent
+HERE = REPO / "tests" / "rewards"  # user_reward_example.py, the user module of a python reward source
 USER_MODULE = "user_reward_example"
 
 
