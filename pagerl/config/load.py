@@ -9,8 +9,13 @@ so an error names the file (and line) or the override that introduced it:
 - an unknown key, with the closest valid key suggested;
 - a value of the wrong type;
 - a required value (``???`` in the schema) that no layer sets;
+- a value its field's own checks refuse (on the field in the schema:
+  :mod:`pagerl.config.checks`);
 - an inconsistent combination (rules in :mod:`pagerl.config.rules`, and those the subsystems
-  register there: :mod:`pagerl.app.recipes`);
+  register there: :mod:`pagerl.app.recipes`); a rule's finding for a key whose
+  field check failed is left out.
+
+The field checks and the rules report every problem they find at once.
 - a path key naming an input that does not exist, or a URI (:mod:`pagerl.config.paths`).
 
 Every path key is made absolute against the directory the command was
@@ -28,14 +33,15 @@ import difflib
 import re
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, get_type_hints
+from typing import Any, Callable, Dict, List, Sequence, Tuple, get_type_hints
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pagerl.config.checks import field_findings
 from pagerl.config.paths import resolve_paths
-from pagerl.config.rules import check_consistency
+from pagerl.config.rules import rule_findings
 from pagerl.config.schema import RecipeConfig
 from pagerl.errors import RecipeError
 
@@ -232,9 +238,25 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[Recipe
         key = getattr(exc, "full_key", "") or "?"
         raise RecipeError(f"{provenance.get(key, Path(path))}: '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
     where = lambda key: provenance.get(key, f"{path} (default of '{key}')")  # noqa: E731
-    check_consistency(recipe, where)
+    _check_values(recipe, where)
     resolve_paths(recipe, where)
     return recipe, provenance
+
+
+def _check_values(recipe: RecipeConfig, where: Callable[[str], str]) -> None:
+    """Run every field's checks and every rule; raise one :class:`RecipeError` listing every
+    finding, each naming where its key was set (so a recipe with several mistakes is fixed in one
+    pass, not one per run). A rule's finding for a key whose field check failed is left out."""
+    found = field_findings(recipe)
+    refused = {key for key, _ in found}
+    for finding in rule_findings(recipe):
+        if finding[0] not in refused and finding not in found:
+            found.append(finding)
+    problems = [f"{where(key)}: '{key}': {message}" for key, message in found]
+    if len(problems) == 1:
+        raise RecipeError(problems[0])
+    if problems:
+        raise RecipeError(f"{len(problems)} problems in the recipe:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def _flat_keys(node: DictConfig, prefix: str = "") -> List[str]:

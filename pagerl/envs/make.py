@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import gymnasium
 
-from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.rules import Finding, check_choice, rule
 from pagerl.config.schema import RecipeConfig
 from pagerl.envs.base import PageEnv
 from pagerl.registry import Registry, lookup, register
@@ -57,4 +57,4 @@ def env_from_recipe(recipe, **kwargs) -> PageEnv:
 
 @rule
 def _env_name(r: RecipeConfig) -> Finding:
-    return one_of("env.name", r.env.name, tuple(sorted(ENVIRONMENTS)))
+    return check_choice("env.name", r.env.name, tuple(sorted(ENVIRONMENTS)))

@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.rules import Finding, rule
 from pagerl.config.schema import RecipeConfig
 from pagerl.data.types import Request
 from pagerl.envs import env_from_recipe
@@ -452,6 +452,4 @@ def _reward_source(r: RecipeConfig) -> Finding:
         return "rewards.source", f"expected one of {', '.join(map(repr, sorted(REWARD_SOURCES)))}, got {w.source!r}"
     if w.source == "python" and not w.function.strip():
         return "rewards.function", "rewards.source=python needs a function: 'package.module:function'"
-    if w.source == "simulator":
-        return one_of("rewards.sim_objective", w.sim_objective, ("clicks", "gmv"))
     return None

@@ -82,7 +82,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.rules import Finding, check_choice, rule
 from pagerl.config.schema import RecipeConfig, RewardConfig
 from pagerl.registry import Registry, lookup, register
 from pagerl.rewards.reward_sources import RewardError
@@ -397,5 +397,5 @@ def assemble_token_rewards(
 @rule
 def _reward_shaping(r: RecipeConfig) -> Finding:
     """``rewards.page_reward`` and ``rewards.normalize`` name registered implementations."""
-    return (one_of("rewards.page_reward", r.rewards.page_reward, tuple(sorted(PAGE_REWARDS)))
-            or one_of("rewards.normalize", r.rewards.normalize, tuple(sorted(NORMALIZATIONS))))
+    return (check_choice("rewards.page_reward", r.rewards.page_reward, tuple(sorted(PAGE_REWARDS)))
+            or check_choice("rewards.normalize", r.rewards.normalize, tuple(sorted(NORMALIZATIONS))))
