@@ -9,8 +9,10 @@ an if-chain. Both fail loudly: a name registered twice would silently replace
 an implementation, and a misspelt recipe value should list what exists.
 
 Every registry is kept in an index by its key (:data:`REGISTRIES`, read with
-:func:`registry_of`), and no two registries share a key, so a recipe key
-names at most one registry and the registry of a key can be found by it.
+:func:`registry_of`), and no two registries share a key. The recipe loader
+checks each schema field marked with a registry key against the registry of
+that key (:mod:`pagerl.config.checks`), so a recipe naming an entry that does
+not exist fails at load, listing the valid names.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """Loading a recipe as a command does: every rule and every registry of the package in place.
 
-:func:`pagerl.config.load.load_recipe` checks a recipe against the rules that
-are registered when it runs (:mod:`pagerl.config.rules`). Rules that need a
-subsystem are registered by that subsystem's own module (the stages, the
-environments, the reward sources, the RL algorithms, ...), so a recipe is
-checked in full only once those modules are imported. This module imports them
-all (through :mod:`pagerl.stages`, which imports every stage and what it
-runs) and adds the one rule whose subsystem sits beside ``config`` rather than
-above it: the metrics sinks (:mod:`pagerl.tracking.sinks`). Commands, the
-pipeline and the ablation load recipes through :func:`load_recipe` here.
+:func:`pagerl.config.load.load_recipe` checks each registry-valued key against
+the :class:`~pagerl.registry.Registry` of that key, and the recipe against the
+rules that are registered when it runs (:mod:`pagerl.config.rules`). The
+registries are filled, and the rules that need a subsystem registered, by that
+subsystem's own module (the stages, the environments, the reward sources, the
+RL algorithms, ...), so a recipe can be checked only once those modules are
+imported (a registry that is not is reported as a programming error). This
+module imports them all (through :mod:`pagerl.stages`, which imports every
+stage and what it runs) and adds the one rule whose subsystem sits beside
+``config`` rather than above it: the metrics sinks (:mod:`pagerl.tracking.sinks`).
+Commands, the pipeline and the ablation load recipes through :func:`load_recipe` here.
 """
 
 from __future__ import annotations

@@ -11,11 +11,14 @@ so an error names the file (and line) or the override that introduced it:
 - a required value (``???`` in the schema) that no layer sets;
 - a value its field's own checks refuse (on the field in the schema:
   :mod:`pagerl.config.checks`);
+- a name that is not an entry of the registry its field is marked with (one
+  loop over every marked field: :func:`pagerl.config.checks.registry_findings`);
 - an inconsistent combination (rules in :mod:`pagerl.config.rules`, and those the subsystems
-  register there: :mod:`pagerl.app.recipes`); a rule's finding for a key whose
-  field check failed is left out.
+  register there: :mod:`pagerl.app.recipes`); a rule's finding for a key
+  already reported above is left out.
 
-The field checks and the rules report every problem they find at once.
+The field checks, the registry loop and the rules report every problem they
+find at once.
 - a path key naming an input that does not exist, or a URI (:mod:`pagerl.config.paths`).
 
 Every path key is made absolute against the directory the command was
@@ -39,7 +42,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pagerl.config.checks import field_findings
+from pagerl.config.checks import field_findings, registry_findings, registry_keys
 from pagerl.config.paths import resolve_paths
 from pagerl.config.rules import rule_findings
 from pagerl.config.schema import RecipeConfig
@@ -132,6 +135,8 @@ def _schema_keys(cls: type, prefix: str = "") -> Dict[str, Any]:
 
 
 _SCHEMA_KEYS = _schema_keys(RecipeConfig)
+# Dotted key -> registry key of every field whose value names registry entries.
+_REGISTRY_KEYS = registry_keys(RecipeConfig)
 
 
 def _suggest(key: str) -> str:
@@ -211,6 +216,9 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[Recipe
     workers) and a provenance map from every key a layer set to where it was set
     ("recipes/quickstart.yaml:12", "override 'sft.lr=0.1'"), which error messages
     and ``pagerl config show`` use.
+
+    The registries the recipe's keys name must be loaded: commands load recipes
+    through :func:`pagerl.app.recipes.load_recipe`, which imports them all.
     """
     layers = _file_chain(Path(path)) + ([_override_layer(overrides)] if overrides else [])
     merged = OmegaConf.structured(RecipeConfig)
@@ -244,10 +252,10 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[Recipe
 
 
 def _check_values(recipe: RecipeConfig, where: Callable[[str], str]) -> None:
-    """Run every field's checks and every rule; raise one :class:`RecipeError` listing every
-    finding, each naming where its key was set (so a recipe with several mistakes is fixed in one
-    pass, not one per run). A rule's finding for a key whose field check failed is left out."""
-    found = field_findings(recipe)
+    """Run every field's checks, the registry loop and every rule; raise one :class:`RecipeError`
+    listing every finding, each naming where its key was set (so a recipe with several mistakes is
+    fixed in one pass, not one per run). A rule's finding for a key already refused is left out."""
+    found = field_findings(recipe) + registry_findings(recipe, _REGISTRY_KEYS)
     refused = {key for key, _ in found}
     for finding in rule_findings(recipe):
         if finding[0] not in refused and finding not in found:

@@ -1,7 +1,7 @@
 """Rules of a recipe: conditions between keys, which no single field can check.
 
-A condition on one key's value alone (a range, a choice of words) is not a
-rule: it is written on the key's field in the schema
+A condition on one key's value alone (a range, a choice of words, a registry
+name) is not a rule: it is written on the key's field in the schema
 (:mod:`pagerl.config.checks`). A rule here ties several keys together
 ("K must not exceed N", "the sft stage needs training data"), often across
 sections.
@@ -9,16 +9,15 @@ sections.
 Every rule is one function registered in ``RULES`` with :func:`rule`; each
 returns a finding (the dotted key at fault and a message), a list of findings,
 or ``None``. Rules run after the layers are merged and the fields checked;
-a rule's finding for a key that a field check has already reported is
-dropped, so a rule may assume nothing about a value that
+a rule's finding for a key that a field check or the registry loop has
+already reported is dropped, so a rule may assume nothing about a value that
 is wrong on its own but must not fail on it. The error names the file and
 line (or override) that set the key.
 
 The rules here need nothing but the recipe. A rule that needs to know a
 subsystem (what an environment accepts, in what order the stages run, which
 combinations an RL algorithm takes) is registered by that subsystem's own
-module, with the same decorator (as are the checks of keys that name an entry
-of a subsystem's registry), so it lives beside what it checks and this
+module, with the same decorator, so it lives beside what it checks and this
 package imports nothing above it; :func:`pagerl.app.recipes.load_recipe`
 imports them all before it loads a recipe.
 """

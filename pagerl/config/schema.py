@@ -15,7 +15,8 @@ Where each kind of check lives:
   field, with the helpers of :mod:`pagerl.config.checks`
   (``checked(2, at_least(1))``);
 - a key that names an entry of a registry (``rl.algorithm``, ``run.stages``):
-  a rule registered by the subsystem that owns the registry;
+  marked on its field with the registry's key (``registered("rl.algorithm",
+  "grpo")``), and checked against that registry by one loop;
 - conditions between keys ("K must not exceed N"): rules in
   :mod:`pagerl.config.rules`, or registered there by the subsystem that knows
   them (:mod:`pagerl.app.recipes` loads them all).
@@ -39,6 +40,7 @@ from pagerl.config.checks import (
     not_blank,
     one_of,
     positive,
+    registered,
 )
 from pagerl.config.model_source import ModelSourceError, resolve_source
 from pagerl.config.schema_rewards import PairFamilyConfig, PairsConfig, RewardConfig, RMConfig
@@ -75,7 +77,7 @@ class RunConfig:
     # Stages run in order by ``pagerl run``: names in pagerl.stages.STAGES
     # (synth, rllib, sft, rm, rl, eval). A stage whose output is already complete in
     # the run directory is skipped.
-    stages: List[str] = field(default_factory=lambda: ["synth", "sft", "eval"])
+    stages: List[str] = registered("run.stages", factory(lambda: ["synth", "sft", "eval"]))
     # Re-use an existing run directory: skip complete stages and resume the
     # others from their last checkpoint, instead of refusing to overwrite it.
     resume: bool = True
@@ -108,7 +110,7 @@ class SimConfig:
     # Logging policy that produced the logged pages (a name in
     # pagerl.sim.logging_policies.LOGGING_POLICIES): "noisy_softmax" is a softmax over
     # its own noisy estimate of relevance, sampled without replacement (Plackett-Luce).
-    logging_policy: str = "noisy_softmax"
+    logging_policy: str = registered("sim.logging_policy", "noisy_softmax")
     logging_temperature: float = 0.7
     logging_noise: float = 0.6
     num_train_requests: int = 3000
@@ -175,7 +177,7 @@ class EnvConfig:
     """
 
     # A name in pagerl.envs.ENVIRONMENTS.
-    name: str = "pagesim"
+    name: str = registered("env.name", "pagesim")
     obp_slate: ObpSlateConfig = field(default_factory=ObpSlateConfig)
 
 
@@ -199,7 +201,7 @@ class TinyModelConfig:
     """A small causal LM built from a config: used on CPU and in CI."""
 
     # A name in pagerl.models.build.FAMILIES: llama | qwen2.
-    family: str = checked("llama", one_of("llama", "qwen2"))
+    family: str = registered("model.tiny.family", "llama")
     hidden_size: int = 64
     num_layers: int = 2
     num_heads: int = checked(4, at_least(1))
@@ -339,7 +341,7 @@ class EvalConfig:
     batch_size: int = 32
     # Reference policies scored beside the run's own: names in
     # pagerl.eval.baseline_policies.BASELINES.
-    baselines: List[str] = field(default_factory=lambda: ["random", "popularity", "logging", "oracle"])
+    baselines: List[str] = registered("eval.baselines", factory(lambda: ["random", "popularity", "logging", "oracle"]))
     # Percentile bootstrap over requests (pagerl.eval.stats): resamples drawn
     # from run.seed, shared by every method; 0 turns the intervals off.
     bootstrap_resamples: int = checked(2000, at_least(0, "0 (no intervals) or more resamples"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from pagerl.config.checks import at_least, between, checked, one_of, positive
+from pagerl.config.checks import at_least, between, checked, one_of, positive, registered
 
 
 @dataclass
@@ -22,7 +22,7 @@ class RewardConfig:
     # "learned" (the trained page and item reward models), "simulator" (the
     # simulator's exact ground truth, for upper-bound experiments on simulated
     # data) or "python" (rewards.function).
-    source: str = "learned"
+    source: str = registered("rewards.source", "learned")
     # learned: directory of the trained reward models; empty means <run_dir>/rm/final.
     model_dir: str = ""
     # simulator: what the ground truth pays for, "clicks" (expected clicks of
@@ -46,14 +46,14 @@ class RewardConfig:
     # page reward and the summed item rewards stay comparable) or "group"
     # (mean/std among the pages sampled for the same request, as in GRPO);
     # names in pagerl.rewards.token_rewards.NORMALIZATIONS.
-    normalize: str = "running"
+    normalize: str = registered("rewards.normalize", "running")
     # What goes on EOS: "whole" (the page reward) or "residual" (the page
     # reward minus the page's summed item rewards when w_item > 0: what the
     # page reward says beyond them; needs normalize none or joint). With
     # rl.slot_credit=to_go, residual credits slot t with
     # w_page * (page - sum items) + w_item * (item rewards of slots >= t)
     # (pagerl.rewards.token_rewards).
-    page_reward: str = "whole"
+    page_reward: str = registered("rewards.page_reward", "whole")
     # Normalised rewards are clipped to [-clip, clip]; 0 disables clipping.
     clip: float = checked(5.0, at_least(0, "0 (no clipping) or a positive bound"))
     # Reward on the last token of an invalid page (not K distinct candidates),

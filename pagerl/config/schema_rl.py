@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from pagerl.config.checks import at_least, between, check, checked, factory, greater_than, one_of, positive
+from pagerl.config.checks import at_least, between, check, checked, factory, greater_than, one_of, positive, registered
 
 
 def _constrained(on: bool) -> Optional[str]:
@@ -23,7 +23,7 @@ class RolloutConfig:
 
     # A name in pagerl.rl.roles.rollout.ROLLOUT_BACKENDS ("hf": the Hugging Face
     # model with PageRL's constrained decoding loop, on CPU or GPU).
-    backend: str = "hf"
+    backend: str = registered("rl.rollout.backend", "hf")
     num_workers: int = checked(1, at_least(1))
     cpus_per_worker: float = checked(0.5, positive("a positive number of CPUs"))
     gpus_per_worker: float = 0.0
@@ -69,13 +69,13 @@ class KLConfig:
 
     # k1: -log r, k2: (log r)^2 / 2, k3: r - 1 - log r with r = p_ref / p
     # (pagerl.rl.algorithms.kl documents them).
-    estimator: str = "k3"
+    estimator: str = registered("rl.kl.estimator", "k3")
     # "reward": -coef * KL_t is added to the token rewards; "loss": coef * KL
     # is added to the policy loss.
     mode: str = "reward"
     coef: float = 0.05
     # "fixed" keeps coef; "adaptive" moves it towards target KL per token.
-    controller: str = "fixed"
+    controller: str = registered("rl.kl.controller", "fixed")
     target: float = 0.05
     horizon: int = 10000
 
@@ -89,7 +89,7 @@ class WeightSyncConfig:
     # gloo/NCCL group of trainer rank 0 and the rollout workers), or
     # "in_process" (tensors handed over in memory, for roles in one process:
     # pagerl.rl.roles.local, the benchmark's single-process reference).
-    transport: str = "object_store"
+    transport: str = registered("rl.sync.transport", "object_store")
     # Size of one streamed bucket; under ZeRO-3 one bucket at a time is gathered.
     bucket_mb: float = checked(32.0, positive("a positive size"))
     # After each sync, rollout and trainer logprobs of a fixed probe batch are
@@ -107,7 +107,7 @@ class OffPolicyConfig:
     # A name in pagerl.rl.algorithms.off_policy.CORRECTIONS: "tis" (truncated
     # importance sampling), "mask" (drop tokens whose ratio is out of range)
     # or "none".
-    correction: str = "tis"
+    correction: str = registered("rl.off_policy.correction", "tis")
     # tis: the per-token weight pi_old / mu is capped here.
     tis_cap: float = checked(2.0, at_least(1, "at least 1 (a weight of 1 is on-policy)"))
     # mask: tokens whose weight is above this or below its inverse leave the loss.
@@ -120,7 +120,7 @@ class RLConfig:
 
     # A name in pagerl.rl.algorithms.ALGORITHMS: ppo | grpo | reinforce_pp |
     # reinforce_pp_baseline | rloo.
-    algorithm: str = "grpo"
+    algorithm: str = registered("rl.algorithm", "grpo")
     # RL steps (each: generate, reward, experience, train, sync).
     steps: int = checked(100, at_least(1))
     # Requests drawn per step; each gets rollout.samples_per_request pages.
@@ -137,15 +137,15 @@ class RLConfig:
     clip_high: float = 0.2
     # How per-token losses become one number (pagerl.rl.algorithms.losses):
     # token_mean | seq_mean_token_sum | seq_mean_token_mean.
-    loss_agg: str = "token_mean"
+    loss_agg: str = registered("rl.loss_agg", "token_mean")
     entropy_coef: float = 0.0
     # Baselines and normalisation per slot position ("per_slot") or over all
     # slots together ("pooled"); see pagerl.rl.algorithms.advantages.
-    baseline_scope: str = "per_slot"
+    baseline_scope: str = registered("rl.baseline_scope", "per_slot")
     # Credit of a slot's action: its own item reward ("own") or the item
     # rewards of it and every slot below it ("to_go"); the page reward is
     # credited to every token of the page.
-    slot_credit: str = "own"
+    slot_credit: str = registered("rl.slot_credit", "own")
     # GAE (ppo) and the returns of reinforce_pp.
     gamma: float = 1.0
     lam: float = 0.95
@@ -221,7 +221,7 @@ class RLlibConfig:
     # features: the same weights for every candidate) or "mlp" (RLlib's
     # default module: one MLP over the whole flat observation, N scores out);
     # names in pagerl.rllib_baseline.ppo.MODELS.
-    model: str = "candidate"
+    model: str = registered("rllib.model", "candidate")
     # Widths of the hidden layers of the scorer and of the value function (tanh).
     hidden_sizes: List[int] = checked(factory(lambda: [64, 64]), check(
         lambda sizes: len(sizes) > 0 and min(int(h) for h in sizes) >= 1, "one or more layer widths, each at least 1"))

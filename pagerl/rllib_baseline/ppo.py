@@ -232,7 +232,7 @@ def rllib_pages(recipe: Any, policy_dir: str, requests: Sequence[Request], env: 
 
 
 @rule
-def _rllib_choices(r: RecipeConfig) -> Finding:
-    """``rllib.reward`` is a reward the environments pay, ``rllib.model`` a registered module."""
-    return (check_choice("rllib.reward", r.rllib.reward, REWARDS)
-            or check_choice("rllib.model", r.rllib.model, tuple(sorted(MODELS))))
+def _rllib_reward(r: RecipeConfig) -> Finding:
+    """``rllib.reward`` is a reward the environments pay (``rllib.model`` is checked against
+    :data:`MODELS` by the recipe loader)."""
+    return check_choice("rllib.reward", r.rllib.reward, REWARDS)

@@ -1,7 +1,8 @@
-"""Single-field checks on the schema's fields."""
+"""Single-field checks on the schema's fields, and the one loop over registry-valued keys."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,19 +12,23 @@ import pagerl.app.recipes  # noqa: F401  (every registry and rule in place)
 from pagerl.app.recipes import load_recipe
 from pagerl.config.checks import (
     CHECKS,
+    RegistryNotLoadedError,
     at_least,
     between,
     field_findings,
     one_of,
     positive,
+    registry_keys,
     schema_fields,
 )
 from pagerl.config.schema import RecipeConfig
 from pagerl.errors import RecipeError
+from pagerl.registry import REGISTRIES
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "ci_small.yaml"
 SCHEMA_KEYS = {key: f for key, f in schema_fields(RecipeConfig)}
+MARKED = registry_keys(RecipeConfig)
 
 
 def test_the_schema_is_still_a_structured_config_whose_defaults_pass_their_checks():
@@ -73,3 +78,45 @@ def test_a_value_its_field_refuses_is_not_also_reported_by_a_rule():
     with pytest.raises(RecipeError) as err:
         load_recipe(RECIPE, ["rl.trainer.num_ranks=0", "run.stages=[synth,sft,rl,eval]"])
     assert str(err.value) == "override 'rl.trainer.num_ranks=0': 'rl.trainer.num_ranks': expected at least 1, got 0"
+
+
+# ------------------------------------------------------------------ registry-valued keys
+@pytest.mark.parametrize("key", sorted(MARKED))
+def test_every_registry_valued_key_refuses_a_name_its_registry_lacks(key):
+    """Each marked key is really checked: a bogus name is refused, once, naming the key and listing
+    every valid name (with rl among the stages, so the rules that read rl.* run too)."""
+    registry = REGISTRIES[MARKED[key]]
+    is_list = SCHEMA_KEYS[key].type.startswith("List")
+    override = f"{key}=[no_such_name]" if is_list else f"{key}=no_such_name"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(RECIPE, ["run.stages=[synth,sft,rm,rl,eval]", override])
+    message = str(err.value)
+    assert message.startswith(f"override '{override}': '{key}': expected ")
+    assert "\n" not in message  # one problem: no rule repeats it
+    assert "'no_such_name'" in message
+    for name in registry:
+        assert repr(name) in message
+
+
+def test_every_registry_of_a_recipe_key_is_marked_on_that_key_s_field():
+    """A new registry whose key is a recipe key cannot be forgotten by the loader."""
+    of_recipe_keys = {key for key in REGISTRIES if key in SCHEMA_KEYS}
+    assert of_recipe_keys == set(MARKED), "mark these fields with registered(...) in the schema"
+    assert all(MARKED[key] == key for key in MARKED)
+    assert {"run.stages", "env.name", "rewards.source", "rl.algorithm", "eval.baselines"} <= of_recipe_keys
+    # registries that are not recipe keys stay out of the loop
+    assert "advantage estimator" in REGISTRIES and "policy kind" in REGISTRIES
+
+
+def test_a_registry_that_is_not_loaded_is_a_programming_error(monkeypatch):
+    monkeypatch.delitem(REGISTRIES, "rl.kl.estimator")
+    expected = r"'rl\.kl\.estimator'.*not loaded.*pagerl\.app\.recipes\.load_recipe"
+    with pytest.raises(RegistryNotLoadedError, match=expected):
+        load_recipe(RECIPE)
+
+
+def test_every_marked_field_holds_names():
+    for key in MARKED:
+        f = SCHEMA_KEYS[key]
+        assert f.type in ("str", "List[str]"), (key, f.type)
+        assert not dataclasses.is_dataclass(f.type)
