@@ -4,14 +4,27 @@ A recipe is a YAML file whose sections mirror :class:`~pagerl.config.schema.Reci
 It may name a ``base:`` recipe (a path relative to itself) that it extends; the
 chain is merged base first, then the recipe, then command-line overrides
 ``section.key=value``. Each layer is checked on its own before it is merged,
-so an error names the file (and line) or the override that introduced it:
+so a problem is named with the file (and line) or the override that
+introduced it. One load reports every problem it finds, in one
+:class:`~pagerl.errors.RecipeError`, one line each (location, key, what was
+expected), in this order:
 
-- an unknown key, with the closest valid key suggested;
-- a value of the wrong type;
+- an unknown key, with the closest valid key suggested (every layer);
+- a value of the wrong type for its key's annotation (every value; a bad one
+  is left out of the merge, so the others are still checked);
 - a required value (``???`` in the schema) that no layer sets;
-- an inconsistent combination (rules in :mod:`pagerl.config.rules`, and those the subsystems
-  register there: :mod:`pagerl.app.recipes`);
+- a value its field's own checks refuse (on the field in the schema:
+  :mod:`pagerl.config.checks`);
+- a name that is not an entry of the registry its field is marked with (one
+  loop over every marked field: :func:`pagerl.config.checks.registry_findings`);
+- an inconsistent combination of keys (rules in :mod:`pagerl.config.rules`, and
+  those the subsystems register there: :mod:`pagerl.app.recipes`); a rule's
+  finding for a key already reported above is left out;
 - a path key naming an input that does not exist, or a URI (:mod:`pagerl.config.paths`).
+
+Only a file that cannot be read (missing, not YAML, not a mapping, a ``base``
+that is missing or forms a cycle) or an interpolation that cannot be
+resolved stops the load before the later checks.
 
 Every path key is made absolute against the directory the command was
 started in, once, here (:mod:`pagerl.config.paths` says why).
@@ -26,20 +39,23 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, get_type_hints
+from typing import Any, Dict, List, Sequence, Set, Tuple, get_type_hints
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pagerl.config.checks import field_findings, registry_findings, registry_keys
 from pagerl.config.paths import resolve_paths
-from pagerl.config.rules import check_consistency
+from pagerl.config.rules import rule_findings
 from pagerl.config.schema import RecipeConfig
 from pagerl.errors import RecipeError
 
 _RESOLVER = re.compile(r"\$\{\s*[\w.\-]+\s*:")
+_ABSENT = object()
 
 
 @dataclass
@@ -57,6 +73,13 @@ class Layer:
             return f"override '{self.overrides[key]}'"
         line = self.lines.get(key)
         return f"{self.name}:{line}" if line else self.name
+
+    def position(self, key: str) -> int:
+        """Where ``key`` comes in this layer (its line, or the place of its override), to report
+        a layer's problems in the order they are written."""
+        if key in self.overrides:
+            return list(dict.fromkeys(self.overrides.values())).index(self.overrides[key])
+        return self.lines.get(key, 0)
 
 
 def _key_lines(text: str) -> Dict[str, int]:
@@ -92,19 +115,26 @@ def _read_file_layer(path: Path) -> Layer:
     return Layer(str(path), values, _key_lines(text), {})
 
 
-def _override_layer(overrides: Sequence[str]) -> Layer:
+def _override_layer(overrides: Sequence[str], problems: List[str]) -> Layer:
+    """The command-line overrides as one layer; a malformed one is a problem, and left out."""
     values = OmegaConf.create({})
     texts: Dict[str, str] = {}
     for item in overrides:
         if "=" not in item or item.startswith("="):
-            raise RecipeError(f"override '{item}': expected section.key=value")
+            problems.append(f"override '{item}': expected section.key=value")
+            continue
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise RecipeError(f"override '{item}': value is not a valid YAML scalar or list: {exc}") from None
-        OmegaConf.update(values, key, value, merge=True, force_add=True)
+            problems.append(f"override '{item}': value is not a valid YAML scalar or list: {exc}")
+            continue
+        try:
+            OmegaConf.update(values, key, value, merge=True, force_add=True)
+        except OmegaConfBaseException as exc:
+            problems.append(f"override '{item}': cannot set '{key}': {_reason(exc)}")
+            continue
         texts[key] = item
         # parents of an overridden key point at the same override
         parts = key.split(".")
@@ -126,6 +156,8 @@ def _schema_keys(cls: type, prefix: str = "") -> Dict[str, Any]:
 
 
 _SCHEMA_KEYS = _schema_keys(RecipeConfig)
+# Dotted key -> registry key of every field whose value names registry entries.
+_REGISTRY_KEYS = registry_keys(RecipeConfig)
 
 
 def _suggest(key: str) -> str:
@@ -140,38 +172,71 @@ def _suggest(key: str) -> str:
     return f"; valid keys here: {names}"
 
 
-def _check_keys(layer: Layer) -> None:
-    """Refuse unknown keys and resolver interpolations, before merging."""
+def _check_keys(layer: Layer) -> List[Tuple[str, str]]:
+    """(key, problem) of every unknown key, mapping where a value is expected, and resolver
+    interpolation of ``layer``; each such key is taken out of the layer, so the rest merges."""
+    found: List[Tuple[str, str]] = []
 
     def walk(node: DictConfig, prefix: str) -> None:
-        for key in node.keys():
+        for key in list(node.keys()):
             dotted = f"{prefix}{key}"
-            if dotted not in _SCHEMA_KEYS:
-                raise RecipeError(f"{layer.where(dotted)}: unknown key '{dotted}'{_suggest(dotted)}")
             value = node._get_node(key)
-            if isinstance(value, DictConfig):
-                if not is_dataclass(_SCHEMA_KEYS[dotted]):
-                    raise RecipeError(
-                        f"{layer.where(dotted)}: '{dotted}' expects a single value, got a mapping"
-                    )
-                walk(value, dotted + ".")
+            if dotted not in _SCHEMA_KEYS:
+                found.append((dotted, f"{layer.where(dotted)}: unknown key '{dotted}'{_suggest(dotted)}"))
+            elif isinstance(value, DictConfig):
+                if is_dataclass(_SCHEMA_KEYS[dotted]):
+                    walk(value, dotted + ".")
+                    continue
+                found.append((dotted, f"{layer.where(dotted)}: '{dotted}' expects a single value, got a mapping"))
             else:
                 raw = value._value() if hasattr(value, "_value") else value
-                if isinstance(raw, str) and _RESOLVER.search(raw):
-                    raise RecipeError(
-                        f"{layer.where(dotted)}: '{dotted}' uses an OmegaConf resolver ({raw}); recipes may "
-                        "only reference other keys (${section.key}), so that every input is in the recipe"
-                    )
+                if not (isinstance(raw, str) and _RESOLVER.search(raw)):
+                    continue
+                found.append((dotted, (
+                    f"{layer.where(dotted)}: '{dotted}' uses an OmegaConf resolver ({raw}); recipes may only "
+                    "reference other keys (${section.key}), so that every input is in the recipe")))
+            del node[key]
 
     walk(layer.values, "")
+    return found
 
 
-def _type_error_message(layer: Layer, exc: OmegaConfBaseException) -> str:
-    key = getattr(exc, "full_key", "") or ""
-    expected = _SCHEMA_KEYS.get(key)
-    exp = getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
-    value = OmegaConf.select(layer.values, key, default=None, throw_on_missing=False) if key else None
-    return f"{layer.where(key)}: '{key}' expects {exp}, got {value!r}"
+def _field_key(full_key: str) -> str:
+    """The schema key an OmegaConf error's key falls under (``ablation.seeds[1]`` -> ``ablation.seeds``)."""
+    return full_key.split("[", 1)[0]
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is None:
+        return getattr(annotation, "__name__", str(annotation))
+    args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+    origin = getattr(annotation, "_name", None) or _type_name(typing.get_origin(annotation))
+    return f"{origin}[{args}]"
+
+
+def _reason(exc: OmegaConfBaseException) -> str:
+    return str(getattr(exc, "msg", None) or exc).splitlines()[0]
+
+
+def _merge(merged: DictConfig, layer: Layer, found: List[Tuple[str, str]]) -> DictConfig:
+    """``merged`` with ``layer`` merged over it. A value of the wrong type is a problem (added to
+    ``found`` as (key, problem)) and is taken out of the layer, and the merge tried again, so every
+    wrong value of the layer is reported."""
+    for _ in range(len(_flat_keys(layer.values)) + 1):
+        try:
+            return OmegaConf.merge(merged, layer.values)
+        except OmegaConfBaseException as exc:
+            key = _field_key(getattr(exc, "full_key", "") or "")
+            node = OmegaConf.select(layer.values, key, default=_ABSENT, throw_on_missing=False) if key else _ABSENT
+            if node is _ABSENT:  # not a value of this layer: say what OmegaConf says, keep the layer out
+                found.append((key, f"{layer.name}: {key and repr(key) + ': '}{_reason(exc)}"))
+                return merged
+            value = OmegaConf.to_container(node) if isinstance(node, (DictConfig, ListConfig)) else node
+            expected = _type_name(_SCHEMA_KEYS.get(key))
+            found.append((key, f"{layer.where(key)}: '{key}' expects {expected}, got {value!r}"))
+            parent, _, name = key.rpartition(".")
+            del (OmegaConf.select(layer.values, parent) if parent else layer.values)[name]
+    return merged
 
 
 def _file_chain(path: Path) -> List[Layer]:
@@ -204,37 +269,72 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[Recipe
     Returns the recipe as plain dataclasses (picklable, so it can travel to Ray
     workers) and a provenance map from every key a layer set to where it was set
     ("recipes/quickstart.yaml:12", "override 'sft.lr=0.1'"), which error messages
-    and ``pagerl config show`` use.
+    and ``pagerl config show`` use. Raises one :class:`RecipeError` naming every
+    problem found (the module docstring lists them).
+
+    The registries the recipe's keys name must be loaded: commands load recipes
+    through :func:`pagerl.app.recipes.load_recipe`, which imports them all.
     """
-    layers = _file_chain(Path(path)) + ([_override_layer(overrides)] if overrides else [])
+    problems: List[str] = []
+    bad: Set[str] = set()  # keys already reported: later checks and rules say nothing more about them
+    layers = _file_chain(Path(path)) + ([_override_layer(overrides, problems)] if overrides else [])
     merged = OmegaConf.structured(RecipeConfig)
     provenance: Dict[str, str] = {}
     for layer in layers:
-        _check_keys(layer)
-        try:
-            merged = OmegaConf.merge(merged, layer.values)
-        except OmegaConfBaseException as exc:
-            raise RecipeError(_type_error_message(layer, exc)) from None
+        found = _check_keys(layer)
+        merged = _merge(merged, layer, found)
+        problems.extend(problem for _, problem in sorted(found, key=lambda kp: layer.position(kp[0])))
+        bad.update(key for key, _ in found)
         for key in _flat_keys(layer.values):
             provenance[key] = layer.where(key)
     merged.base = None  # the chain is resolved; a saved recipe stands alone
 
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise RecipeError(
-            f"{path}: required key '{missing[0]}' is not set "
-            f"(set it in the recipe or its base, or override it: {missing[0]}=...)"
-        )
+    try:
+        missing = sorted(OmegaConf.missing_keys(merged))
+    except OmegaConfBaseException as exc:  # an interpolation that cannot be resolved
+        problems.append(_unresolved(exc, provenance, path))
+        raise _error(problems) from None
+    for key in missing:
+        problems.append(f"{path}: required key '{key}' is not set "
+                        f"(set it in the recipe or its base, or override it: {key}=...)")
+        bad.add(_field_key(key))
+        try:  # a stand-in, so that the other keys are still checked
+            OmegaConf.update(merged, key, "", merge=False)
+        except OmegaConfBaseException:
+            raise _error(problems) from None
     try:
         OmegaConf.resolve(merged)
         recipe: RecipeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or "?"
-        raise RecipeError(f"{provenance.get(key, Path(path))}: '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        problems.append(_unresolved(exc, provenance, path))
+        raise _error(problems) from None
+
     where = lambda key: provenance.get(key, f"{path} (default of '{key}')")  # noqa: E731
-    check_consistency(recipe, where)
-    resolve_paths(recipe, where)
+    checked = field_findings(recipe) + registry_findings(recipe, _REGISTRY_KEYS)
+    for key, message in checked:
+        problems.append(f"{where(key)}: '{key}': {message}")
+    bad.update(key for key, _ in checked)
+    seen: Set[Tuple[str, str]] = set()
+    for key, message in rule_findings(recipe):
+        if key not in bad and (key, message) not in seen:
+            seen.add((key, message))
+            problems.append(f"{where(key)}: '{key}': {message}")
+    resolve_paths(recipe, where, problems=problems, skip=bad | {key for key, _ in seen})
+    if problems:
+        raise _error(problems)
     return recipe, provenance
+
+
+def _unresolved(exc: OmegaConfBaseException, provenance: Dict[str, str], path: str | Path) -> str:
+    key = getattr(exc, "full_key", "") or "?"
+    return f"{provenance.get(key, Path(path))}: '{key}': {exc.msg if hasattr(exc, 'msg') else exc}"
+
+
+def _error(problems: List[str]) -> RecipeError:
+    """One error for every problem: a single one as it is, several one per line."""
+    if len(problems) == 1:
+        return RecipeError(problems[0])
+    return RecipeError(f"{len(problems)} problems in the recipe:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def _flat_keys(node: DictConfig, prefix: str = "") -> List[str]:

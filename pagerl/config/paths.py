@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Collection, List, Optional
 
 from pagerl.config.model_source import is_source_name
 from pagerl.errors import RecipeError
@@ -63,22 +63,32 @@ PATH_KEYS = (
 )
 
 
-def resolve_paths(recipe: object, where: Callable[[str], str], base: Optional[Path] = None) -> None:
+def resolve_paths(recipe: object, where: Callable[[str], str], base: Optional[Path] = None,
+                  problems: Optional[List[str]] = None, skip: Collection[str] = ()) -> None:
     """Make every path key of ``recipe`` absolute, in place; refuse missing inputs and URIs.
 
     ``base`` is the directory relative paths are taken from (default: the
     current directory, i.e. where the command was started). ``where(key)``
-    says where a key was set, for the error message.
+    says where a key was set, for the error message. With a ``problems`` list,
+    every refused key adds its message there instead of raising at the first;
+    keys in ``skip`` (already reported) are left as they are.
     """
     base = Path(base) if base is not None else Path.cwd()
     for spec in PATH_KEYS:
+        if spec.key in skip:
+            continue
         section, name = spec.key.split(".")
         holder = getattr(recipe, section)
         value = getattr(holder, name)
-        if spec.many:
-            setattr(holder, name, [_resolve_one(spec, v, recipe, base, where) for v in value])
-        elif value:
-            setattr(holder, name, _resolve_one(spec, value, recipe, base, where))
+        try:
+            if spec.many:
+                setattr(holder, name, [_resolve_one(spec, v, recipe, base, where) for v in value])
+            elif value:
+                setattr(holder, name, _resolve_one(spec, value, recipe, base, where))
+        except RecipeError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
 
 
 def _resolve_one(spec: PathKey, value: str, recipe: object, base: Path, where: Callable[[str], str]) -> str:

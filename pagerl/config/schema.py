@@ -1,22 +1,65 @@
 """The typed recipe schema.
 
-Every knob PageRL has lives here, as a field of a dataclass section. A recipe
-YAML is merged over these defaults (see :mod:`pagerl.config.load`), so a field
-missing from this file is a field no recipe can set: there are no hidden
-environment-variable switches. Fields whose default is ``MISSING`` must be set
-by the recipe (or its base).
+Every knob PageRL has lives here, as a field of a dataclass section (the
+reward sections are written in :mod:`pagerl.config.schema_rewards`, the RL
+and RLlib ones in :mod:`pagerl.config.schema_rl`; all are importable from
+here). A recipe YAML is merged over these defaults (see
+:mod:`pagerl.config.load`), so a field missing from the schema is a field no
+recipe can set: there are no hidden environment-variable switches. Fields
+whose default is ``MISSING`` must be set by the recipe (or its base).
 
-Cross-field rules that a type alone cannot express ("K must not exceed N")
-live in :mod:`pagerl.config.rules`, registered by the subsystem that knows them
-(:mod:`pagerl.app.recipes` loads them all).
+Where each kind of check lives:
+
+- the type of every key: its annotation here (checked when a layer is merged);
+- a condition on one key's value alone (a range, a choice of words): on its
+  field, with the helpers of :mod:`pagerl.config.checks`
+  (``checked(2, at_least(1))``);
+- a key that names an entry of a registry (``rl.algorithm``, ``run.stages``):
+  marked on its field with the registry's key (``registered("rl.algorithm",
+  "grpo")``), and checked against that registry by one loop;
+- conditions between keys ("K must not exceed N"): rules in
+  :mod:`pagerl.config.rules`, or registered there by the subsystem that knows
+  them (:mod:`pagerl.app.recipes` loads them all).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
+
+from pagerl.config.checks import (
+    at_least,
+    between,
+    check,
+    checked,
+    factory,
+    fraction,
+    not_blank,
+    one_of,
+    positive,
+    registered,
+)
+from pagerl.config.model_source import ModelSourceError, resolve_source
+from pagerl.config.schema_rewards import PairFamilyConfig, PairsConfig, RewardConfig, RMConfig
+from pagerl.config.schema_rl import (
+    KLConfig,
+    OffPolicyConfig,
+    RLConfig,
+    RLlibConfig,
+    RolloutConfig,
+    TrainerRoleConfig,
+    WeightSyncConfig,
+)
+
+__all__ = [
+    "AblationConfig", "AblationVariant", "DataConfig", "DistributedConfig", "EnvConfig", "EvalConfig",
+    "KLConfig", "ModelConfig", "ObpSlateConfig", "OffPolicyConfig", "PairFamilyConfig", "PairsConfig",
+    "RLConfig", "RLlibConfig", "RMConfig", "RecipeConfig", "RewardConfig", "RolloutConfig", "RunConfig",
+    "SFTConfig", "SimConfig", "TinyModelConfig", "TrackingConfig", "TrainerRoleConfig", "WeightSyncConfig",
+]
 
 
 @dataclass
@@ -34,7 +77,7 @@ class RunConfig:
     # Stages run in order by ``pagerl run``: names in pagerl.stages.STAGES
     # (synth, rllib, sft, rm, rl, eval). A stage whose output is already complete in
     # the run directory is skipped.
-    stages: List[str] = field(default_factory=lambda: ["synth", "sft", "eval"])
+    stages: List[str] = registered("run.stages", factory(lambda: ["synth", "sft", "eval"]))
     # Re-use an existing run directory: skip complete stages and resume the
     # others from their last checkpoint, instead of refusing to overwrite it.
     resume: bool = True
@@ -64,9 +107,10 @@ class SimConfig:
     purchase_rate: float = 0.3
     price_min: float = 5.0
     price_max: float = 200.0
-    # Logging policy that produced the logged pages: softmax over its own
-    # noisy estimate of relevance, sampled without replacement (Plackett-Luce).
-    logging_policy: str = "noisy_softmax"
+    # Logging policy that produced the logged pages (a name in
+    # pagerl.sim.logging_policies.LOGGING_POLICIES): "noisy_softmax" is a softmax over
+    # its own noisy estimate of relevance, sampled without replacement (Plackett-Luce).
+    logging_policy: str = registered("sim.logging_policy", "noisy_softmax")
     logging_temperature: float = 0.7
     logging_noise: float = 0.6
     num_train_requests: int = 3000
@@ -132,7 +176,8 @@ class EnvConfig:
     ``sim.num_train_requests`` and ``sim.num_eval_requests`` for any environment.
     """
 
-    name: str = "pagesim"
+    # A name in pagerl.envs.ENVIRONMENTS.
+    name: str = registered("env.name", "pagesim")
     obp_slate: ObpSlateConfig = field(default_factory=ObpSlateConfig)
 
 
@@ -146,26 +191,38 @@ class DataConfig:
     eval_files: List[str] = field(default_factory=list)
     # What to do with a row that fails validation: "skip" (count, report and
     # go on) or "error" (stop at the first bad row, naming file and line).
-    on_bad_row: str = "skip"
+    on_bad_row: str = checked("skip", one_of("skip", "error"))
     # Give up even in skip mode when more than this share of rows is bad.
-    max_bad_fraction: float = 0.05
+    max_bad_fraction: float = checked(0.05, fraction())
 
 
 @dataclass
 class TinyModelConfig:
     """A small causal LM built from a config: used on CPU and in CI."""
 
-    family: str = "llama"  # llama | qwen2
+    # A name in pagerl.models.build.FAMILIES: llama | qwen2.
+    family: str = registered("model.tiny.family", "llama")
     hidden_size: int = 64
     num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
+    num_heads: int = checked(4, at_least(1))
+    num_kv_heads: int = checked(2, at_least(1))
     intermediate_size: int = 128
     max_position_embeddings: int = 512
     # One matrix for input and output embeddings. Tied, the candidate index
     # tokens a page copies from the prompt are read and written in the same
     # space, which is what lets a small model learn to point at candidates.
     tie_word_embeddings: bool = False
+
+
+def _model_source(value: str) -> Optional[str]:
+    """``model.source`` names a model PageRL can load (pagerl.config.model_source): a packaged
+    model whose package is missing fails here, at load, naming the install command, rather than
+    in the SFT stage after synth has run."""
+    try:
+        resolve_source(value)
+    except ModelSourceError as exc:
+        return str(exc).removeprefix("model.source: ")
+    return None
 
 
 @dataclass
@@ -177,15 +234,15 @@ class ModelConfig:
     # (pagerl.config.model_source): a packaged model by name
     # (smollm2-135m-instruct) or as package:<python package>/<file>.gguf, a
     # local Hugging Face model directory, or a local .gguf file.
-    source: str = "tiny"
+    source: str = checked("tiny", _model_source)
     # Wrap each prompt in the tokenizer's chat template as one user turn,
     # followed by the assistant header (the page is the assistant's answer).
     # For instruct models; needs a pretrained source whose tokenizer has one.
     chat_template: bool = False
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     # sdpa | eager | flash_attention_2 (GPU with the `gpu` extra only)
-    attn_implementation: str = "sdpa"
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = checked("sdpa", one_of("sdpa", "eager", "flash_attention_2"))
+    dtype: str = checked("float32", one_of("float32", "bfloat16", "float16"))
     # Candidate index tokens <c0> ... <c{max_candidates-1}> added to the vocabulary.
     max_candidates: int = 32
     # Candidate echo and pointer (pagerl.models.candidates): each index token
@@ -211,19 +268,19 @@ class ModelConfig:
 class DistributedConfig:
     """How a training stage is spread over Ray workers with DeepSpeed ZeRO."""
 
-    num_workers: int = 2
+    num_workers: int = checked(2, at_least(1))
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     # auto picks nccl with GPUs and gloo on CPU.
-    backend: str = "auto"
+    backend: str = checked("auto", one_of("auto", "gloo", "nccl"))
     # DeepSpeed ZeRO stage 1, 2 or 3 (partitioning optimizer state, + gradients, + parameters).
-    zero_stage: int = 2
+    zero_stage: int = checked(2, one_of(1, 2, 3))
     # Worker-group restarts Ray Train may make after a worker dies; each
     # restart resumes from the stage's latest checkpoint.
-    max_failures: int = 0
+    max_failures: int = checked(0, at_least(0))
     # Seconds before a collective gives up; keeps a stuck rank from hanging a
     # run for gloo's 30-minute default.
-    timeout_s: int = 300
+    timeout_s: int = checked(300, at_least(10, "at least 10 seconds"))
     # Address of an existing Ray cluster ("auto" inside `ray job submit`);
     # empty starts a local cluster on loopback.
     ray_address: str = ""
@@ -236,17 +293,17 @@ class SFTConfig:
     epochs: int = 3
     # Stop after this many optimizer steps (0: run all epochs).
     max_steps: int = 0
-    micro_batch_size: int = 16
-    grad_accum_steps: int = 1
-    lr: float = 3e-3
+    micro_batch_size: int = checked(16, at_least(1))
+    grad_accum_steps: int = checked(1, at_least(1))
+    lr: float = checked(3e-3, positive("a positive learning rate"))
     weight_decay: float = 0.0
     warmup_steps: int = 10
     grad_clip: float = 1.0
     # none | clicks | gmv: weight each logged page by its engagement.
-    engagement_weighting: str = "clicks"
+    engagement_weighting: str = checked("clicks", one_of("none", "clicks", "gmv"))
     # Weight of a page with no engagement when weighting is on.
     min_weight: float = 0.1
-    checkpoint_every: int = 50
+    checkpoint_every: int = checked(50, at_least(1))
     log_every: int = 10
     # Interrupt the stage (as a crash would) after this many steps; used to
     # test resume. 0 never interrupts.
@@ -261,387 +318,13 @@ class SFTConfig:
     constrained_loss: bool = True
 
 
-@dataclass
-class RewardConfig:
-    """Rewards of the RL stage: where they come from, how they are spread over
-    a page's tokens, and the Ray workers that compute them (pagerl.rewards)."""
-
-    # Where rewards come from, a name in pagerl.rewards.reward_sources.REWARD_SOURCES:
-    # "learned" (the trained page and item reward models), "simulator" (the
-    # simulator's exact ground truth, for upper-bound experiments on simulated
-    # data) or "python" (rewards.function).
-    source: str = "learned"
-    # learned: directory of the trained reward models; empty means <run_dir>/rm/final.
-    model_dir: str = ""
-    # simulator: what the ground truth pays for, "clicks" (expected clicks of
-    # the page, each slot's expected clicks as item rewards) or "gmv".
-    sim_objective: str = "clicks"
-    # python: "package.module:function" (or "package.module.function"), called
-    # as function(request, page_item_ids) -> (page_reward, [K item rewards]).
-    function: str = ""
-    # Directories put in front of sys.path, in the driver and in every reward
-    # worker, before rewards.function is imported (for a module that is not
-    # installed); made absolute at load, against the directory the command
-    # was started in.
-    python_path: List[str] = field(default_factory=list)
-    # Token rewards: each item's reward goes on its index token times w_item,
-    # the page reward on EOS times w_page. Page-only: w_item=0; item-only: w_page=0.
-    w_page: float = 1.0
-    w_item: float = 1.0
-    # Normalisation of page and item rewards: "none", "running" (running
-    # mean/std over the run, page and items apart), "joint" (the same means,
-    # but both divided by the page rewards' running std: one scale, so the
-    # page reward and the summed item rewards stay comparable) or "group"
-    # (mean/std among the pages sampled for the same request, as in GRPO).
-    normalize: str = "running"
-    # What goes on EOS: "whole" (the page reward) or "residual" (the page
-    # reward minus the page's summed item rewards when w_item > 0: what the
-    # page reward says beyond them; needs normalize none or joint). With
-    # rl.slot_credit=to_go, residual credits slot t with
-    # w_page * (page - sum items) + w_item * (item rewards of slots >= t)
-    # (pagerl.rewards.token_rewards).
-    page_reward: str = "whole"
-    # Normalised rewards are clipped to [-clip, clip]; 0 disables clipping.
-    clip: float = 5.0
-    # Reward on the last token of an invalid page (not K distinct candidates),
-    # which only unconstrained decoding can produce: -invalid_penalty.
-    invalid_penalty: float = 1.0
-    # Reward workers: Ray actors, each scoring batch_size pages per forward pass.
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    batch_size: int = 64
-    # Times Ray restarts a worker process that died (per worker).
-    max_restarts: int = 3
-    # Times one batch is sent again after the worker holding it died; each
-    # retry is logged and counted, and one more failure stops the run.
-    max_batch_retries: int = 3
-
-
-@dataclass
-class PairFamilyConfig:
-    """One family of preference pairs: whether it is built, how much it counts."""
-
-    enabled: bool = True
-    # Multiplies the confidence of every pair of the family in the
-    # Bradley-Terry loss (0 keeps the pairs in the report but not the loss).
-    weight: float = 1.0
-    # At most this many pairs of the family per logged impression, drawn at
-    # random from all the family allows (keeps one busy page from dominating).
-    max_per_impression: int = 2
-
-
-@dataclass
-class PairsConfig:
-    """Preference pairs built from logged impressions and their feedback
-    (pagerl.rewards.pairs documents every rule)."""
-
-    relevance: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=2))
-    ranking: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=3))
-    diversity: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=2))
-    redundancy: PairFamilyConfig = field(default_factory=lambda: PairFamilyConfig(max_per_impression=2))
-    # What counts as engagement with a shown item: "click" or "purchase".
-    engagement: str = "click"
-    # A click with a shorter dwell (seconds) is treated as a misclick, not
-    # engagement (minimum evidence); 0 accepts every click.
-    min_dwell_s: float = 0.0
-    # Confidence of a pair whose engaged item was also purchased, relative to
-    # a click-only one (1.0: no difference).
-    purchase_weight: float = 1.5
-    # Ranking pairs also from "click below a skipped item" (the engaged item
-    # moved up past an un-engaged item above it), not only from demotions.
-    ranking_skip_above: bool = True
-    # Diversity: the homogenised page must match the user's engaged category
-    # mix (history + clicks) worse by at least this much (overlap in [0, 1]).
-    diversity_min_gap: float = 0.1
-    # Diversity: engaged items (history + clicks) needed to know a user's mix.
-    diversity_min_evidence: int = 3
-    # Near-duplicates of data without attrs["group"]: same category and a
-    # title-token Jaccard overlap of at least this.
-    near_duplicate_title_overlap: float = 0.75
-    # Drop both pairs when one construction prefers A over B and another B
-    # over A on the same request (contradictory evidence).
-    drop_conflicts: bool = True
-
-
-@dataclass
-class RMConfig:
-    """Page- and item-level reward models trained on the preference pairs
-    (one shared backbone with two scalar heads; pagerl.rewards.models)."""
-
-    epochs: int = 1
-    # Stop after this many optimizer steps (0: run all epochs).
-    max_steps: int = 300
-    # Pairs per rank per micro-batch (each pair is two sequences).
-    micro_batch_size: int = 16
-    grad_accum_steps: int = 1
-    lr: float = 1.0e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    grad_clip: float = 1.0
-    # Add to each response index token the mean embedding of its candidate's
-    # words in the prompt (pagerl.rewards.models), so a fresh backbone need
-    # not first learn the index -> item lookup from weak pairwise labels.
-    candidate_echo: bool = True
-    # What the page head reads: "mean" of the EOS and slot index-token states
-    # (each item's state feeds the page score directly), or "eos" alone.
-    page_pooling: str = "mean"
-    # Weights of the page and item Bradley-Terry losses in the joint loss.
-    page_loss_weight: float = 1.0
-    item_loss_weight: float = 1.0
-    # Pointwise click supervision on every logged slot (pagerl.rewards.clicks):
-    # the item head's binary cross-entropy against click / no click, and the
-    # page head's Poisson NLL of the page's click count. A head trained this
-    # way scores pages in click units (probability, expected clicks). 0: off
-    # (pairs alone; on the quickstart world the page-reward Spearman against
-    # the simulator was 0.37 that way at 300 steps, 0.41 with both on).
-    click_loss_weight: float = 1.0
-    page_click_loss_weight: float = 1.0
-    # Bradley-Terry label smoothing: the chosen page is taken to be better
-    # with probability 1 - label_smoothing (implicit feedback is noisy).
-    label_smoothing: float = 0.05
-    # The chosen page must win by this reward margin before the loss is small.
-    margin: float = 0.0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    # Interrupt the stage (as a crash would) after this many steps; used to
-    # test resume. 0 never interrupts.
-    stop_after_steps: int = 0
-    # Quality report: held-out requests scored against the simulator (0: all
-    # eval impressions), and the extra pages scored per request besides the
-    # logged one (random pages, and perturbations of the logged page).
-    quality_requests: int = 200
-    quality_random_pages: int = 3
-    quality_perturbed_pages: int = 4
-    # Credit fidelity (pagerl.rl.credit_fidelity): training requests on which
-    # the policy RL starts from samples rl.rollout.samples_per_request pages
-    # each, to measure how well each reward setting's token credit tracks the
-    # exact credit (needs the environment's exact scorer and a starting
-    # policy; 0 turns it off).
-    fidelity_requests: int = 200
-    # Pages per forward pass when scoring.
-    score_batch_size: int = 64
-
-
-@dataclass
-class RolloutConfig:
-    """Rollout workers: Ray actors that lay out pages with the current policy."""
-
-    # A name in pagerl.rl.roles.rollout.ROLLOUT_BACKENDS ("hf": the Hugging Face
-    # model with PageRL's constrained decoding loop, on CPU or GPU).
-    backend: str = "hf"
-    num_workers: int = 1
-    cpus_per_worker: float = 0.5
-    gpus_per_worker: float = 0.0
-    # Torch intra-op threads of a worker; 0: one per reserved CPU (at least
-    # one). On-policy, a worker samples while every other role waits, so on
-    # a CPU node it may use more cores than it reserves: the others are idle
-    # then (README, "Performance: the RL loop"). With rl.overlap the trainer
-    # ranks compute at the same time and the default fits.
-    torch_threads: int = 0
-    # Pages sampled per request (the group of GRPO and RLOO).
-    samples_per_request: int = 4
-    temperature: float = 1.0
-    # Nucleus sampling over the (constrained) distribution; 1.0 keeps it all.
-    top_p: float = 1.0
-    # Only valid pages can be generated (unused candidates, then EOS).
-    constrained: bool = True
-    # Prompts per decoding forward pass.
-    batch_size: int = 64
-    # Times Ray restarts a rollout worker that died (per worker); its pages
-    # are asked for again from the new process, after a weight sync.
-    max_restarts: int = 3
-
-
-@dataclass
-class TrainerRoleConfig:
-    """The policy trainer ranks: Ray actors forming one torch.distributed group under ZeRO."""
-
-    num_ranks: int = 2
-    cpus_per_rank: float = 0.5
-    gpus_per_rank: float = 0.0
-    zero_stage: int = 2
-    # Sequences per rank per forward/backward pass.
-    micro_batch_size: int = 16
-    # Times the stage restarts its roles from the newest RL checkpoint after a
-    # trainer rank died (a lost rank breaks the collective, so the group is
-    # formed again); one more loss ends the run.
-    max_restarts: int = 2
-
-
-@dataclass
-class KLConfig:
-    """The KL divergence to the reference (SFT) policy."""
-
-    # k1: -log r, k2: (log r)^2 / 2, k3: r - 1 - log r with r = p_ref / p
-    # (pagerl.rl.algorithms.kl documents them).
-    estimator: str = "k3"
-    # "reward": -coef * KL_t is added to the token rewards; "loss": coef * KL
-    # is added to the policy loss.
-    mode: str = "reward"
-    coef: float = 0.05
-    # "fixed" keeps coef; "adaptive" moves it towards target KL per token.
-    controller: str = "fixed"
-    target: float = 0.05
-    horizon: int = 10000
-
-
-@dataclass
-class WeightSyncConfig:
-    """Pushing the trained policy to the rollout workers, and checking it arrived."""
-
-    # A name in pagerl.rl.weight_sync.TRANSPORTS: "object_store" (buckets
-    # through Ray's object store), "collective" (broadcast over a separate
-    # gloo/NCCL group of trainer rank 0 and the rollout workers), or
-    # "in_process" (tensors handed over in memory, for roles in one process:
-    # pagerl.rl.roles.local, the benchmark's single-process reference).
-    transport: str = "object_store"
-    # Size of one streamed bucket; under ZeRO-3 one bucket at a time is gathered.
-    bucket_mb: float = 32.0
-    # After each sync, rollout and trainer logprobs of a fixed probe batch are
-    # compared; above max_logprob_delta (per token) the run stops.
-    verify: bool = True
-    max_logprob_delta: float = 1.0e-4
-    probe_requests: int = 8
-
-
-@dataclass
-class OffPolicyConfig:
-    """How an update corrects for pages sampled by other weights than it starts from
-    (pagerl.rl.algorithms.off_policy)."""
-
-    # A name in pagerl.rl.algorithms.off_policy.CORRECTIONS: "tis" (truncated
-    # importance sampling), "mask" (drop tokens whose ratio is out of range)
-    # or "none".
-    correction: str = "tis"
-    # tis: the per-token weight pi_old / mu is capped here.
-    tis_cap: float = 2.0
-    # mask: tokens whose weight is above this or below its inverse leave the loss.
-    mask_threshold: float = 2.0
-
-
-@dataclass
-class RLConfig:
-    """The RL stage: PPO-family updates of the SFT policy on mixed-grained token rewards."""
-
-    # A name in pagerl.rl.algorithms.ALGORITHMS: ppo | grpo | reinforce_pp |
-    # reinforce_pp_baseline | rloo.
-    algorithm: str = "grpo"
-    # RL steps (each: generate, reward, experience, train, sync).
-    steps: int = 100
-    # Requests drawn per step; each gets rollout.samples_per_request pages.
-    requests_per_step: int = 32
-    # Passes over one step's experience (PPO epochs) and minibatches per pass.
-    epochs_per_step: int = 1
-    minibatches_per_epoch: int = 1
-    lr: float = 1.0e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_clip: float = 1.0
-    # Clipped surrogate: the ratio is kept in [1 - clip_low, 1 + clip_high].
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    # How per-token losses become one number (pagerl.rl.algorithms.losses):
-    # token_mean | seq_mean_token_sum | seq_mean_token_mean.
-    loss_agg: str = "token_mean"
-    entropy_coef: float = 0.0
-    # Baselines and normalisation per slot position ("per_slot") or over all
-    # slots together ("pooled"); see pagerl.rl.algorithms.advantages.
-    baseline_scope: str = "per_slot"
-    # Credit of a slot's action: its own item reward ("own") or the item
-    # rewards of it and every slot below it ("to_go"); the page reward is
-    # credited to every token of the page.
-    slot_credit: str = "own"
-    # GAE (ppo) and the returns of reinforce_pp.
-    gamma: float = 1.0
-    lam: float = 0.95
-    # Critic (ppo): a value head on a copy of the SFT backbone.
-    critic_lr: float = 5.0e-4
-    value_clip: float = 0.2
-    value_coef: float = 0.5
-    # One-step off-policy overlap (pagerl.rl.controller): the pages of step
-    # t+1 are sampled while step t trains, by the weights before step t's
-    # update, and the update corrects for it (rl.off_policy). Off: exactly on-policy.
-    overlap: bool = False
-    off_policy: OffPolicyConfig = field(default_factory=OffPolicyConfig)
-    kl: KLConfig = field(default_factory=KLConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    trainer: TrainerRoleConfig = field(default_factory=TrainerRoleConfig)
-    sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
-    # Seconds any remote call or collective of the RL roles may take before
-    # the run stops naming the role that did not answer.
-    timeout_s: float = 300.0
-    # Write the whole RL state every this many steps (pagerl.rl.rl_checkpoint):
-    # policy and critic with their optimizer partitions, every trainer rank's
-    # RNG, the prompt cursor, the sync version, the KL coefficient, the reward
-    # moments and the per-slot baselines. An interrupted stage resumes from
-    # the newest complete one. 0: no checkpoints (a rerun starts over).
-    checkpoint_every: int = 50
-    # Complete RL checkpoints kept; older ones are removed as new ones land.
-    keep_checkpoints: int = 2
-    # Interrupt the stage (as a crash would) after this many steps of one
-    # attempt; used to test resume. 0 never interrupts.
-    stop_after_steps: int = 0
-    # Moves the seed of every RL random stream (prompt order, sampling,
-    # initialisation) away from run.seed, which also fixes the world, SFT and
-    # RM (pagerl.rl.rl_seed): the seeds of an ablation.
-    seed: int = 0
-    # The policy RL starts from (a saved policy directory); empty: the policy
-    # of the stage before rl in run.stages. The reference policy of the KL
-    # term is this one too.
-    init_policy_dir: str = ""
-    # Held-out evaluation inside RL (pagerl.rl.controller): every this many
-    # steps, after the last step and before the first, the rollout workers'
-    # synced policy lays out pages for the held-out requests as the eval
-    # stage decodes them (eval.decoding, eval.constrained, ...), scored by the
-    # simulator's ground truth as the eval stage scores them; logged as
-    # eval/<metric> of stage rl and timed as the phase "eval". 0: off.
-    eval_every: int = 0
-    # How many held-out requests: the first this many of the eval stage's
-    # files (data.eval_files or the synth stage's eval split, never RL's
-    # training requests); 0: eval.num_requests, the eval stage's own set.
-    eval_requests: int = 0
-
-
-@dataclass
-class RLlibConfig:
-    """The ``rllib`` stage: a non-LLM baseline trained online with RLlib's PPO
-    (pagerl.rllib_baseline.ppo, docs/method.md "The RLlib baseline").
-
-    An MLP reads the visible features of a request (what the prompt shows,
-    flattened) and scores every candidate; the page is the K best-scored
-    candidates in score order. It learns from clicks the simulator draws
-    for its own pages, a privilege the language-model policy (trained from
-    logs and a reward model) does not have."""
-
-    # PPO iterations (each: sample train_batch_size pages, then num_epochs
-    # passes of minibatch_size-page minibatches). 10 x 2048 pages is the
-    # budget measured on the quickstart world (docs/method.md).
-    iterations: int = 10
-    train_batch_size: int = 2048
-    minibatch_size: int = 256
-    num_epochs: int = 6
-    lr: float = 1.0e-3
-    # The policy network: "candidate" (one MLP scores each candidate from its
-    # features, the mean over the request's candidates and the request's
-    # features: the same weights for every candidate) or "mlp" (RLlib's
-    # default module: one MLP over the whole flat observation, N scores out).
-    model: str = "candidate"
-    # Widths of the hidden layers of the scorer and of the value function (tanh).
-    hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
-    entropy_coeff: float = 0.0
-    # What a page earns in training: "clicks" (the clicks the simulated user
-    # makes on it) or "expected_clicks" (their exact expectation, no noise).
-    reward: str = "clicks"
-    # RLlib env runners (Ray actors) that sample pages; 0 samples in the
-    # driver. Each runs num_envs_per_env_runner environments in lock-step.
-    num_env_runners: int = 0
-    num_envs_per_env_runner: int = 16
-    # Moves the seed of training (initialisation, sampling, the training
-    # requests' stream) away from run.seed, as rl.seed does for the rl stage.
-    seed: int = 0
-    # Save the whole RLlib state every this many iterations; an interrupted
-    # stage resumes from the newest. 0: no checkpoints (a rerun starts over).
-    checkpoint_every: int = 10
+def _obp_installed(on: bool) -> Optional[str]:
+    """The Open Bandit Dataset check reads the sample inside obp, an optional extra: a recipe that
+    turns it on without obp fails here, at load, not in the eval stage after every stage before it."""
+    if on and importlib.util.find_spec("obp") is None:
+        return ("is on, but obp is not installed (the Open Bandit Dataset sample ships inside it): "
+                "pip install 'pagerl[obp]' (obp==0.4.1), or set eval.obd_check=false")
+    return None
 
 
 @dataclass
@@ -652,25 +335,26 @@ class EvalConfig:
     num_requests: int = 200
     # NDCG cut-off; 0 means the page size.
     ndcg_k: int = 0
-    decoding: str = "greedy"  # greedy | sample
+    decoding: str = checked("greedy", one_of("greedy", "sample"))
     temperature: float = 1.0
     constrained: bool = True
     batch_size: int = 32
-    baselines: List[str] = field(
-        default_factory=lambda: ["random", "popularity", "logging", "oracle"]
-    )
+    # Reference policies scored beside the run's own: names in
+    # pagerl.eval.baseline_policies.BASELINES.
+    baselines: List[str] = registered("eval.baselines", factory(lambda: ["random", "popularity", "logging", "oracle"]))
     # Percentile bootstrap over requests (pagerl.eval.stats): resamples drawn
     # from run.seed, shared by every method; 0 turns the intervals off.
-    bootstrap_resamples: int = 2000
+    bootstrap_resamples: int = checked(2000, at_least(0, "0 (no intervals) or more resamples"))
     # Coverage of every interval the evaluation and the ablation report.
-    ci_level: float = 0.95
+    ci_level: float = checked(0.95, between(0.0, 1.0, "a coverage strictly between 0 and 1 (e.g. 0.95)",
+                                            low_open=True, high_open=True))
     # Real logged clicks: the IPS estimate of the Bernoulli-TS policy's click
     # rate from the Open Bandit Dataset sample's random campaign, beside the
     # click rate BTS logged itself (pagerl.eval.obd_bts), in results.json and
     # the report. Needs obp, the optional extra: pip install 'pagerl[obp]'.
-    obd_check: bool = False
+    obd_check: bool = checked(False, _obp_installed)
     # The OBD campaign of that check: all | men | women.
-    obd_campaign: str = "all"
+    obd_campaign: str = checked("all", one_of("all", "men", "women"))
     # The run's own logged propensities: the IPS estimate, from the held-out
     # logs, of the expected clicks per page of the logging policy at twice its
     # temperature, beside its exact value in the simulator, and the mean
@@ -697,20 +381,58 @@ def _ablation_variants() -> List[AblationVariant]:
             AblationVariant("page_only", ["rewards.w_item=0", "rewards.w_page=1"])]
 
 
+# Keys a variant of an ablation may not set: the budget every variant shares, and the seed,
+# which the ablation sets (ablation.seeds).
+ABLATION_FIXED = ("rl.steps", "rl.requests_per_step", "rl.rollout.samples_per_request", "rl.seed")
+
+
+def _variants(variants: List[Any]) -> Optional[str]:
+    """Variants have distinct names that can name a directory, and set only rewards.* and rl.*
+    keys other than the budget."""
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        return f"a variant name is listed twice: {names}"
+    for name, overrides in ((v.name, v.overrides) for v in variants):
+        if not name.replace("_", "").isalnum():
+            return f"variant name {name!r}: expected letters, digits and '_' (it names a directory)"
+        for override in overrides:
+            key, sep, _ = str(override).partition("=")
+            key = key.strip()
+            if not sep or not key.startswith(("rewards.", "rl.")):
+                return (f"variant {name!r}: expected 'rewards.<key>=value' or 'rl.<key>=value' overrides (the "
+                        f"data, SFT and reward model are shared), got {override!r}")
+            if key in ABLATION_FIXED:
+                return (f"variant {name!r} sets {key}: every variant trains with the recipe's budget and the "
+                        "seeds of ablation.seeds")
+    return None
+
+
 @dataclass
 class AblationConfig:
     """``pagerl ablate``: reward variants trained with one budget over several RL seeds (pagerl.app.ablation)."""
 
     # Values of rl.seed each variant is trained with; the data, SFT policy and
     # reward model are the recipe's, shared by every variant and seed.
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: List[int] = checked(
+        factory(lambda: [0, 1, 2]),
+        check(lambda seeds: len(seeds) > 0, "at least one value of rl.seed"),
+        check(lambda seeds: len(set(seeds)) == len(seeds) and min(seeds) >= 0, "distinct values of rl.seed, 0 or more"),
+    )
     # The variants (a list, so a recipe's list replaces this one whole). A
     # variant may set rewards.* and rl.* keys other than the budget:
     # rl.steps, rl.requests_per_step and rl.rollout.samples_per_request are
     # the recipe's for every variant.
-    variants: List[AblationVariant] = field(default_factory=_ablation_variants)
+    variants: List[AblationVariant] = checked(factory(_ablation_variants), _variants)
     # The variant the others are measured against: the joint reward.
     reference: str = "mixed"
+
+
+def _mlflow_uri(uri: str) -> Optional[str]:
+    if uri and (":" not in uri or (uri.startswith("sqlite:") and not uri.startswith("sqlite:////"))):
+        return (f"expected an MLflow tracking URI with an absolute path or a host (sqlite:////abs/path/mlflow.db, "
+                f"http://host:5000), or empty for a store in the run directory; got {uri!r} (Ray Train workers "
+                "start in another directory, so a relative path would point elsewhere)")
+    return None
 
 
 @dataclass
@@ -725,15 +447,16 @@ class TrackingConfig:
     # network and no API key (upload later with `wandb sync`); "online" sends
     # to the W&B server the user is logged in to.
     wandb: bool = False
-    wandb_project: str = "pagerl"
+    wandb_project: str = checked("pagerl", not_blank("a W&B project name"))
+    # A mode of pagerl.tracking.sinks.WANDB_MODES (checked by pagerl.app.recipes).
     wandb_mode: str = "offline"
     # MLflow (pip extra "tracking"): one MLflow run per stage, named
     # "<run.name>-<stage>". An empty URI keeps a local SQLite store in
     # <run_dir>/mlflow/mlflow.db; otherwise an MLflow tracking URI with an
     # absolute path or a host (sqlite:////abs/mlflow.db, http://host:5000).
     mlflow: bool = False
-    mlflow_uri: str = ""
-    mlflow_experiment: str = "pagerl"
+    mlflow_uri: str = checked("", _mlflow_uri)
+    mlflow_experiment: str = checked("pagerl", not_blank("an MLflow experiment name"))
     report: bool = True
     # Seconds between two progress lines of a long loop in a log or a
     # non-interactive terminal (pagerl.tracking.progress.Progress); the last

@@ -1,11 +1,12 @@
-"""Environments by name: how a caller (or, later, a recipe) picks a page simulator.
+"""Environments by name: how a caller (or a recipe's ``env.name``) picks a page simulator.
 
 Each entry is a factory (usually the environment class) called with keyword
 arguments. :func:`register_env` also registers it with gymnasium under a
 ``pagerl/<Name>-v<k>`` id when given one, so ``gymnasium.make`` (and
 libraries built on it, such as RLlib) can build it after ``import
 pagerl.envs``. Both refuse a name that is taken: a second registration would
-replace the first without anyone noticing.
+replace the first without anyone noticing. :data:`ENVIRONMENTS` is the registry
+of the recipe key ``env.name``, which the recipe loader checks against it.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from typing import Callable, Optional
 
 import gymnasium
 
-from pagerl.config.rules import Finding, one_of, rule
-from pagerl.config.schema import RecipeConfig
 from pagerl.envs.base import PageEnv
 from pagerl.registry import Registry, lookup, register
 
 EnvFactory = Callable[..., PageEnv]
 
-ENVIRONMENTS: Registry = Registry("environment")
+ENVIRONMENTS: Registry = Registry("env.name")
 
 
 def register_env(name: str, factory: EnvFactory, gym_id: Optional[str] = None) -> EnvFactory:
@@ -53,8 +52,3 @@ def env_from_recipe(recipe, **kwargs) -> PageEnv:
     if not hasattr(factory, "from_recipe"):
         raise ValueError(f"env.name: environment {name!r} cannot be built from a recipe (its factory has no from_recipe)")
     return factory.from_recipe(recipe, **kwargs)
-
-
-@rule
-def _env_name(r: RecipeConfig) -> Finding:
-    return one_of("env.name", r.env.name, tuple(sorted(ENVIRONMENTS)))

@@ -65,7 +65,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from gymnasium import spaces
 
-from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.rules import Finding, check_choice, rule
 from pagerl.config.schema import RecipeConfig
 from pagerl.data.types import Item, Request, User
 from pagerl.envs.base import InvalidPageError, Observation, PageEnv
@@ -380,8 +380,8 @@ def _obp_slate(r: RecipeConfig) -> Finding:
         return "env.name", f"'obp_slate' needs the obp package, which is not installed: {INSTALL_HINT}"
     models = tuple("none" if m is None else m for m in CLICK_MODELS)
     checks = (
-        one_of("env.obp_slate.reward_structure", c.reward_structure, REWARD_STRUCTURES),
-        one_of("env.obp_slate.click_model", c.click_model, models),
+        check_choice("env.obp_slate.reward_structure", c.reward_structure, REWARD_STRUCTURES),
+        check_choice("env.obp_slate.click_model", c.click_model, models),
     )
     for found in checks:
         if found:

@@ -23,11 +23,13 @@ import numpy as np
 
 from pagerl.data.types import Request
 from pagerl.envs.base import PageEnv
+from pagerl.registry import Registry
 from pagerl.sim.simulator import Simulator
 from pagerl.sim.world import QUALITY_WORDS, stream
 
 Baseline = Callable[[PageEnv, Request, np.random.Generator], List[str]]
-BASELINES: Dict[str, Baseline] = {}
+# The registry of the recipe key ``eval.baselines`` (the recipe loader checks each name against it).
+BASELINES: Registry = Registry("eval.baselines")
 # Baselines that read a particular environment's hidden quantities: name -> the environments they run on.
 BASELINE_ENVS: Dict[str, Tuple[str, ...]] = {}
 

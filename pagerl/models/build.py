@@ -32,6 +32,7 @@ from transformers import (
 from pagerl.config.model_source import ModelSourceError, resolve_source
 from pagerl.errors import PageRLError
 from pagerl.models.candidates import enable_pointer
+from pagerl.registry import Registry, register
 from pagerl.tokenization.serialize import candidate_token_ids, response_marker_length
 
 
@@ -45,16 +46,14 @@ DTYPES: Dict[str, torch.dtype] = {
     "float16": torch.float16,
 }
 
-# family name -> function(tiny config, common config kwargs) -> untrained model
-FAMILIES: Dict[str, Callable[[Any, Dict[str, Any]], PreTrainedModel]] = {}
+# family name -> function(tiny config, common config kwargs) -> untrained model; the registry of the
+# recipe key ``model.tiny.family`` (the recipe loader checks the key against it).
+FAMILIES: Registry = Registry("model.tiny.family")
 
 
 def register_family(name: str) -> Callable:
-    def wrap(fn: Callable[[Any, Dict[str, Any]], PreTrainedModel]) -> Callable:
-        FAMILIES[name] = fn
-        return fn
-
-    return wrap
+    """Make a model family selectable as ``model.tiny.family: <name>`` (a name taken is refused)."""
+    return register(FAMILIES, name)
 
 
 def _shape_kwargs(tiny: Any) -> Dict[str, Any]:

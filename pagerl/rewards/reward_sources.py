@@ -40,11 +40,12 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.rules import Finding, rule
 from pagerl.config.schema import RecipeConfig
 from pagerl.data.types import Request
 from pagerl.envs import env_from_recipe
 from pagerl.errors import PageRLError, RecipeError
+from pagerl.registry import Registry
 from pagerl.rewards.models import load_reward_models
 
 
@@ -127,7 +128,8 @@ class RewardSource:
         raise NotImplementedError
 
 
-REWARD_SOURCES: Dict[str, Type[RewardSource]] = {}
+# The registry of the recipe key ``rewards.source`` (the recipe loader checks the key against it).
+REWARD_SOURCES: Registry = Registry("rewards.source")
 
 
 def register_reward_source(name: str) -> Callable[[Type[RewardSource]], Type[RewardSource]]:
@@ -447,11 +449,9 @@ class LearnedSource(RewardSource):
 
 @rule
 def _reward_source(r: RecipeConfig) -> Finding:
+    """``rewards.source=python`` names its function (the source itself is checked against
+    :data:`REWARD_SOURCES` by the recipe loader)."""
     w = r.rewards
-    if w.source not in REWARD_SOURCES:
-        return "rewards.source", f"expected one of {', '.join(map(repr, sorted(REWARD_SOURCES)))}, got {w.source!r}"
     if w.source == "python" and not w.function.strip():
         return "rewards.function", "rewards.source=python needs a function: 'package.module:function'"
-    if w.source == "simulator":
-        return one_of("rewards.sim_objective", w.sim_objective, ("clicks", "gmv"))
     return None

@@ -82,8 +82,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from pagerl.config.rules import Finding, one_of, rule
-from pagerl.config.schema import RecipeConfig, RewardConfig
+from pagerl.config.schema import RewardConfig
 from pagerl.registry import Registry, lookup, register
 from pagerl.rewards.reward_sources import RewardError
 
@@ -201,17 +200,12 @@ class RewardNormalizer:
 # (page[B], items[B, K], valid[B], group_ids[B] or None, normalizer, all_reduce, group)
 #   -> (page^, items^)
 Normalize = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
-NORMALIZATIONS: Dict[str, Normalize] = {}
+NORMALIZATIONS: Registry = Registry("rewards.normalize")
 
 
 def register_normalization(name: str) -> Callable[[Normalize], Normalize]:
-    """Make a normalisation selectable as ``rewards.normalize: <name>``."""
-
-    def add(fn: Normalize) -> Normalize:
-        NORMALIZATIONS[name] = fn
-        return fn
-
-    return add
+    """Make a normalisation selectable as ``rewards.normalize: <name>`` (a name taken is refused)."""
+    return register(NORMALIZATIONS, name)
 
 
 @register_normalization("none")
@@ -392,10 +386,3 @@ def assemble_token_rewards(
         last = positions[bad, counts[bad] - 1]
         rewards[bad, last] = -float(cfg.invalid_penalty)
     return rewards
-
-
-@rule
-def _reward_shaping(r: RecipeConfig) -> Finding:
-    """``rewards.page_reward`` and ``rewards.normalize`` name registered implementations."""
-    return (one_of("rewards.page_reward", r.rewards.page_reward, tuple(sorted(PAGE_REWARDS)))
-            or one_of("rewards.normalize", r.rewards.normalize, tuple(sorted(NORMALIZATIONS))))

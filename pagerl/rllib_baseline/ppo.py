@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pagerl.config.rules import Finding, one_of, rule
+from pagerl.config.rules import Finding, check_choice, rule
 from pagerl.config.schema import RecipeConfig
 from pagerl.data.types import Request
 from pagerl.envs import env_from_recipe
@@ -232,6 +232,7 @@ def rllib_pages(recipe: Any, policy_dir: str, requests: Sequence[Request], env: 
 
 
 @rule
-def _rllib_choices(r: RecipeConfig) -> Finding:
-    """``rllib.reward`` is a reward the environments pay, ``rllib.model`` a registered module."""
-    return one_of("rllib.reward", r.rllib.reward, REWARDS) or one_of("rllib.model", r.rllib.model, tuple(sorted(MODELS)))
+def _rllib_reward(r: RecipeConfig) -> Finding:
+    """``rllib.reward`` is a reward the environments pay (``rllib.model`` is checked against
+    :data:`MODELS` by the recipe loader)."""
+    return check_choice("rllib.reward", r.rllib.reward, REWARDS)

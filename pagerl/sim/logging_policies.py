@@ -19,15 +19,17 @@ it by name.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from pagerl.registry import Registry
 from pagerl.sim.resolve import ResolvedRequest
 from pagerl.sim.world import World
 
 LogitsFn = Callable[[World, ResolvedRequest], np.ndarray]
-LOGGING_POLICIES: Dict[str, LogitsFn] = {}
+# The registry of the recipe key ``sim.logging_policy`` (the recipe loader checks the key against it).
+LOGGING_POLICIES: Registry = Registry("sim.logging_policy")
 
 
 def register_logging_policy(name: str) -> Callable[[LogitsFn], LogitsFn]:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pagerl.config.schema import RecipeConfig
 from pagerl.data.io import read_impressions
+from pagerl.registry import Registry
 from pagerl.tracking.console import CONSOLE
 from pagerl.tracking.records import read_json, write_json
 
@@ -92,7 +93,8 @@ class Stage:
     time_report: Callable[[Path], Sequence[str]] = _no_lines
 
 
-STAGES: Dict[str, Stage] = {}
+# The registry of the recipe key ``run.stages`` (the recipe loader checks each name against it).
+STAGES: Registry = Registry("run.stages")
 
 
 def register_stage(stage: Stage) -> Stage:

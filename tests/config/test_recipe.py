@@ -135,6 +135,112 @@ def test_inconsistency_set_in_file_names_file_and_line(tmp_path):
         load_recipe(recipe)
 
 
+def test_several_mistakes_in_one_file_are_reported_at_once_with_their_lines(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", """\
+        base: base.yaml
+        run:
+          name: exp
+        sft:
+          epoch: 2
+        sim:
+          page_size: five
+        rl:
+          steps: 0
+        """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe)
+    assert str(err.value).splitlines() == [
+        "3 problems in the recipe:",
+        f"  {recipe}:5: unknown key 'sft.epoch'; did you mean 'sft.epochs'?",
+        f"  {recipe}:7: 'sim.page_size' expects int, got 'five'",
+        f"  {recipe}:9: 'rl.steps': expected at least 1, got 0",
+    ]
+
+
+def test_an_override_and_a_file_mistake_are_reported_together(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", """\
+        base: base.yaml
+        run:
+          name: exp
+        rl:
+          algorithm: dpo
+        """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, ["sft.lr=fast", "eval.ci_level=1.5"])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "3 problems in the recipe:"
+    assert lines[1] == "  override 'sft.lr=fast': 'sft.lr' expects float, got 'fast'"
+    assert lines[2].startswith("  override 'eval.ci_level=1.5': 'eval.ci_level': expected a coverage strictly between")
+    assert lines[3].startswith(f"  {recipe}:5: 'rl.algorithm': expected one of 'grpo', 'ppo'")
+    assert lines[3].endswith("got 'dpo'")
+
+
+def test_every_wrong_type_of_a_layer_is_reported_not_only_the_first(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", """\
+        base: base.yaml
+        run:
+          name: exp
+        sim:
+          page_size: five
+          num_items: many
+        sft:
+          lr: fast
+        """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, ["rl.steps=x", "eval.baselines=oracle", "rl.lr=y"])
+    assert str(err.value).splitlines() == [
+        "6 problems in the recipe:",
+        f"  {recipe}:5: 'sim.page_size' expects int, got 'five'",
+        f"  {recipe}:6: 'sim.num_items' expects int, got 'many'",
+        f"  {recipe}:8: 'sft.lr' expects float, got 'fast'",
+        "  override 'rl.steps=x': 'rl.steps' expects int, got 'x'",
+        "  override 'eval.baselines=oracle': 'eval.baselines' expects List[str], got 'oracle'",
+        "  override 'rl.lr=y': 'rl.lr' expects float, got 'y'",
+    ]
+
+
+def test_a_missing_input_is_reported_with_the_other_mistakes(tmp_path, base):
+    recipe = write(tmp_path, "exp.yaml", "base: base.yaml\nrun:\n  name: x\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, ["data.eval_files=[nope.jsonl]", "sft.lr=0"])
+    lines = str(err.value).splitlines()
+    assert lines[:2] == ["2 problems in the recipe:",
+                         "  override 'sft.lr=0': 'sft.lr': expected a positive learning rate, got 0.0"]
+    assert lines[2].startswith("  override 'data.eval_files=[nope.jsonl]': 'data.eval_files': file not found: ")
+
+
+def test_every_layer_and_every_kind_of_mistake_is_reported(tmp_path):
+    write(tmp_path, "base.yaml", "simulator:\n  page_size: 4\nsim:\n  num_items: many\n")
+    recipe = write(tmp_path, "exp.yaml", """\
+        base: base.yaml
+        sft:
+          lr:
+            value: 1
+          epochs: two
+        run:
+          stages: [synth, sft, bogus]
+        eval:
+          num_requests: ${oc.env:HOME}
+        sim:
+          page_size: 20
+        """)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(recipe, ["rl.stepz=3"])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "9 problems in the recipe:"
+    assert lines[1].startswith(f"  {tmp_path / 'base.yaml'}:1: unknown key 'simulator'; valid keys here: ablation,")
+    assert lines[2] == f"  {tmp_path / 'base.yaml'}:4: 'sim.num_items' expects int, got 'many'"
+    assert lines[3] == f"  {recipe}:3: 'sft.lr' expects a single value, got a mapping"
+    assert lines[4] == f"  {recipe}:5: 'sft.epochs' expects int, got 'two'"
+    assert lines[5].startswith(f"  {recipe}:9: 'eval.num_requests' uses an OmegaConf resolver")
+    assert lines[6] == "  override 'rl.stepz=3': unknown key 'rl.stepz'; did you mean 'rl.steps'?"
+    assert lines[7] == (f"  {recipe}: required key 'run.name' is not set "
+                        "(set it in the recipe or its base, or override it: run.name=...)")
+    assert lines[8].startswith(f"  {recipe}:7: 'run.stages': expected names from 'eval', 'rl', 'rllib'")
+    assert lines[8].endswith("unknown: 'bogus'")
+    assert lines[9].startswith(f"  {recipe}:11: 'sim.page_size': must be between 1 and sim.candidates_per_request")
+
+
 def test_no_code_evaluation(tmp_path):
     recipe = write(tmp_path, "exp.yaml", "run:\n  name: ${oc.env:HOME}\n")
     with pytest.raises(RecipeError, match="resolver"):

@@ -1,4 +1,4 @@
-"""The shared registries: duplicate names refused, unknown names listed; the
+"""The shared registries: duplicate names and keys refused, unknown names listed; the
 algorithm table and the check of the rl keys."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pagerl.config.schema import KLConfig, RLConfig, RolloutConfig
+from pagerl.registry import REGISTRIES, registry_of
 from pagerl.rl.algorithms import (
     ADVANTAGE_ESTIMATORS,
     ALGORITHMS,
@@ -26,6 +27,14 @@ def test_duplicate_registration_is_refused_naming_registry_and_name():
     with pytest.raises(ValueError, match="'grpo' is already registered"):
         register(ADVANTAGE_ESTIMATORS, "grpo")(abs)
     assert ADVANTAGE_ESTIMATORS["grpo"] is grpo
+
+
+def test_registries_are_indexed_by_key_and_no_two_share_one():
+    assert REGISTRIES["rl.algorithm"] is ALGORITHMS and registry_of("rl.algorithm") is ALGORITHMS
+    assert registry_of("rl.no_such_key") is None
+    with pytest.raises(ValueError, match=r"a registry with key 'rl\.algorithm' exists already"):
+        Registry("rl.algorithm")
+    assert REGISTRIES["rl.algorithm"] is ALGORITHMS
 
 
 def test_lookup_lists_the_valid_names():
