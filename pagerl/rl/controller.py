@@ -43,19 +43,12 @@ from pagerl.data.types import Request
 from pagerl.errors import PageRLError
 from pagerl.eval.pages import decoding_chunks, decoding_options, eval_k, eval_simulator, learned_pages
 from pagerl.eval.scoring import METRICS, PAIRED_METRICS, aggregate, score_method
-from pagerl.rewards.token_rewards import RewardNormalizer, shaped_rewards
+from pagerl.rewards.token_rewards import RewardNormalizer
 from pagerl.rl import frames as xp
 from pagerl.rl import rl_checkpoint as ckpt
 from pagerl.rl import rl_seed
-from pagerl.rl.algorithms import (
-    AdvantageInputs,
-    SlotBaseline,
-    advantage_options,
-    estimate_kl,
-    make_kl_controller,
-    resolve_algorithm,
-)
-from pagerl.rl.algorithms.off_policy import importance_weights
+from pagerl.rl.algorithms import SlotBaseline, make_kl_controller, resolve_algorithm
+from pagerl.rl.experience import compute_experience, experience_metrics, trainer_fields
 from pagerl.rl.roles.groups import ActorGroup, RoleDiedError
 from pagerl.rl.roles.placement import plan_placement
 from pagerl.rl.roles.reward_workers import RewardWorkerGroup
@@ -359,66 +352,26 @@ class RLController:
         return pending.indices, self._pages(pending)
 
     def _experience(self, rollout: RolloutBatch, scored: Any):
-        cfg, rewards_cfg = self.cfg, self.recipe.rewards
+        """The step's batch for the update and its figures: the pages packed, the trainer ranks' logprobs
+        (and values) of them, then the arithmetic of :mod:`pagerl.rl.experience` on the whole batch."""
         if not all(rollout.valid):
             bad = rollout.valid.index(False)
             raise RLError(f"rollout produced an invalid page ({rollout.reasons[bad]}); the RL stage needs "
                           "constrained rollouts (rl.rollout.constrained=true)")
         batch = xp.pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
                         self._pad_id)
-        outs = self.trainers.call_each("experience", [(s,) for s in self.split(batch)])
-        exp = xp.concat(outs)
+        trainer_out = xp.concat(self.trainers.call_each("experience", [(s,) for s in self.split(batch)]))
         mask = batch["mask"]
-        sampled = xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1])
-        mismatch = (exp["old_logprobs"] - sampled).abs()[mask]
-        is_weights, is_stats = importance_weights(exp["old_logprobs"], sampled, mask, cfg.off_policy)
-        staleness = [self.version - v for v in rollout.version]
-
-        page, items, valid = scored.as_tensors(torch.float64)
-        group_ids = torch.as_tensor(rollout.request_index)
-        page_n, items_n = self._normalize(page, items, valid, group_ids)
-        item_frame = torch.zeros(mask.shape, dtype=torch.float64)
-        item_frame[:, : items_n.shape[1]] = items_n
-        kl = estimate_kl(exp["old_logprobs"].double(), exp["ref_logprobs"].double(), mask, cfg.kl.estimator)
-        kl_penalty = -self.kl.value * kl if cfg.kl.mode == "reward" else torch.zeros_like(kl)
-        inputs = AdvantageInputs(page_rewards=page_n, item_rewards=item_frame, mask=mask,
-                                 w_page=rewards_cfg.w_page, w_item=rewards_cfg.w_item, group_ids=group_ids,
-                                 kl_penalty=kl_penalty,
-                                 values=exp["values"].double() if "values" in exp else None)
-        advantages, returns = self.algorithm.estimator(inputs, baseline=self.baseline, **advantage_options(cfg))
-        batch.update(old_logprobs=exp["old_logprobs"], ref_logprobs=exp["ref_logprobs"],
-                     advantages=advantages.float(), is_weights=is_weights.float())
-        if self.algorithm.needs_critic:
-            batch.update(values=exp["values"], returns=returns.float())
-
-        slot = mask.clone()
-        slot[torch.arange(mask.shape[0]), batch["response_len"] - 1] = False  # item tokens only
-        tokens = mask.sum().clamp(min=1)
-        per_page_kl = (kl * mask).sum(1)
-        metrics = {
-            "reward_page": float(page.mean()), "reward_item": float(items.mean()),
-            "reward_page_normalized": float(page_n.mean()), "reward_item_normalized": float(items_n.mean()),
-            "reward_total": float(rewards_cfg.w_page * page.mean() + rewards_cfg.w_item * items.sum(1).mean()),
-            "kl": float((kl * mask).sum() / tokens), "kl_per_page": float(per_page_kl.mean()),
-            "entropy_rollout": float((exp["entropy"] * mask).sum() / tokens),
-            "advantage_mean": float(advantages[mask].mean()), "advantage_std": float(advantages[mask].std()),
-            "advantage_slot0_mean": float(advantages[:, 0].mean()),
-            "logprob_mismatch_max": float(mismatch.max()), "logprob_mismatch_mean": float(mismatch.mean()),
-            "valid_rate": float(valid.double().mean()), "pages": float(len(rollout)),
-            "staleness_max": float(max(staleness)), "staleness_mean": float(np.mean(staleness)),
-            **is_stats,
-        }
-        for k in range(items.shape[1]):
-            metrics[f"reward_item_slot{k}"] = float(items[:, k].mean())
-        return batch, metrics
+        exp = compute_experience(mask, trainer_out, xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1]),
+                                 *scored.as_tensors(torch.float64), torch.as_tensor(rollout.request_index),
+                                 rl=self.cfg, rewards=self.recipe.rewards, estimator=self.algorithm.estimator,
+                                 normalizer=self.normalizer, baseline=self.baseline, kl_coef=self.kl.value)
+        batch.update(trainer_fields(exp, self.algorithm.needs_critic))
+        return batch, experience_metrics(exp, self.recipe.rewards, [self.version - v for v in rollout.version])
 
     def split(self, batch: xp.Batch) -> List[xp.Batch]:
         """One equal shard of ``batch`` per trainer rank."""
         return xp.split(batch, len(self.trainers))
-
-    def _normalize(self, page: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor):
-        """``rewards.normalize``, ``rewards.clip`` and ``rewards.page_reward`` (pagerl.rewards.token_rewards)."""
-        return shaped_rewards(page, items, valid, self.recipe.rewards, self.normalizer, group_ids)
 
     def _lr(self, step: int) -> float:
         return lr_at(step, base_lr=self.cfg.lr, warmup_steps=self.cfg.warmup_steps, total_steps=self.cfg.steps,
