@@ -123,6 +123,14 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+def _lost_rollout(exc: BaseException, asked: Optional[int]) -> Optional[int]:
+    """The rollout worker ``exc`` says was lost: the one a :class:`RoleDiedError` of the rollout role
+    names, or ``asked`` for a :class:`RolloutVersionError` (which names none); None for anything else."""
+    if isinstance(exc, RoleDiedError):
+        return exc.index if exc.role == "rollout" and exc.index >= 0 else None
+    return asked
+
+
 class RLController:
     """The roles of the RL stage and the loop that drives them (module docstring)."""
 
@@ -293,32 +301,54 @@ class RLController:
         A rollout worker that dies (SIGKILL, OOM) is restarted by Ray
         (``rl.rollout.max_restarts``); the new process holds the initial
         weights, so it is sent the current version before it gets its
-        requests again, with the same seed. On-policy that regenerates the
-        lost pages exactly; with overlap the redone pages come from the
-        current weights (staleness 0), which their version records. Every
-        page is generated once in the batch, whatever was lost.
+        requests again, with the same seed (:meth:`_ask_rollouts`). On-policy
+        that regenerates the lost pages exactly; with overlap the redone pages
+        come from the current weights (staleness 0), which their version
+        records. Every page is generated once in the batch, whatever was lost.
         """
         if pending.batch is not None:
             return pending.batch
-        limit = int(self.cfg.rollout.max_restarts)
-        batches = []
-        for w, ref in enumerate(pending.refs):
-            for attempt in range(limit + 1):
-                try:
-                    batches.append(self.rollouts.wait([ref])[0])
-                    break
-                except (RoleDiedError, RolloutVersionError) as exc:
-                    # RolloutVersionError: a call that reached the process Ray restarted, before its sync
-                    if attempt == limit:
-                        raise RLError(f"rl step {pending.step}: rollout worker {w} was lost {attempt + 1} times "
-                                      f"(rl.rollout.max_restarts={limit}): {exc}") from exc
-                    self._replace_rollout(w, pending.step)
-                    ref = self.rollouts.async_call_one(w, "generate", *pending.args[w], self.version)
+        batches = self._answers("generate", pending.refs, pending.args, pending.step, f"rl step {pending.step}")
         pending.batch = RolloutBatch.concat(batches, pending.offsets)
         return pending.batch
 
+    def _answers(self, method: str, refs: Sequence[Any], args: Sequence[Any], step: int, where: str) -> List[Any]:
+        """Each rollout worker's answer to ``method``, started as ``refs[w]`` with ``(*args[w], self.version)``;
+        a worker lost is replaced and asked again with the same arguments (so the same seed)."""
+        return [self._ask_rollouts(lambda: self.rollouts.wait([ref])[0],
+                                   lambda: self.rollouts.call_one(w, method, *args[w], self.version),
+                                   step=step, where=where, what=f"rollout worker {w} was lost", worker=w)
+                for w, ref in enumerate(refs)]
+
+    def _ask_rollouts(self, ask: Callable[[], Any], again: Optional[Callable[[], Any]] = None, *, step: int,
+                      where: str, what: str, worker: Optional[int] = None) -> Any:
+        """``ask()``'s answer; if a rollout worker's process was lost or replaced, wait for Ray's restart,
+        resync every worker to ``self.version`` and answer ``again()`` instead (without ``again``: the
+        resync's own figures, for when ``ask`` is the weight sync), up to ``rl.rollout.max_restarts`` times.
+
+        The worker replaced is the one a :class:`RoleDiedError` names, or ``worker`` (the one asked) for a
+        :class:`RolloutVersionError`: a call Ray delivered to the restarted process before its resync. A
+        loss during the replacement itself counts as one more. Out of restarts: :class:`RLError`
+        ``"<where>: <what> <n> times (rl.rollout.max_restarts=<limit>): <last error>"``.
+        """
+        limit = int(self.cfg.rollout.max_restarts)
+        lost: Optional[int] = None
+        error: Optional[BaseException] = None
+        for attempt in range(limit + 1):
+            try:
+                if attempt == 0:
+                    return ask()
+                synced = self._replace_rollout(lost, step)
+                return synced if again is None else again()
+            except (RoleDiedError, RolloutVersionError) as exc:
+                lost = _lost_rollout(exc, worker)
+                if lost is None:  # another role died, or the whole group is gone: not ours to replace
+                    raise
+                error = exc
+        raise RLError(f"{where}: {what} {limit + 1} times (rl.rollout.max_restarts={limit}): {error}") from error
+
     def _replace_rollout(self, worker: int, step: int):
-        """Wait for Ray's restart of a lost rollout worker and bring it to the current weights."""
+        """Wait for Ray's restart of a lost rollout worker and bring every worker to the current weights."""
         print(f"[rl] step {step}: rollout worker {worker} died; waiting for its restart and resyncing "
               f"version {self.version}", flush=True)
         self.faults["rollout_workers_replaced"] += 1
@@ -331,16 +361,8 @@ class RLController:
     def _sync(self, step: int):
         """Push the trainers' weights as ``self.version``. A rollout worker lost while receiving is
         replaced and every worker is sent them again, up to ``rl.rollout.max_restarts`` times."""
-        lost = -1
-        for attempt in range(int(self.cfg.rollout.max_restarts) + 1):
-            try:
-                return self.sync.sync(self.version) if attempt == 0 else self._replace_rollout(lost, step)
-            except RoleDiedError as exc:
-                if exc.role != "rollout":
-                    raise
-                lost, error = exc.index, exc
-        raise RLError(f"rl step {step}: the weight sync lost rollout workers {attempt + 1} times "
-                      f"(rl.rollout.max_restarts={self.cfg.rollout.max_restarts}): {error}") from error
+        return self._ask_rollouts(lambda: self.sync.sync(self.version), step=step, where=f"rl step {step}",
+                                  what="the weight sync lost rollout workers")
 
     def _collect(self, step: int):
         """``(request indices, RolloutBatch)`` of step ``step``: launched now, or earlier (overlap, resume)."""
@@ -419,7 +441,8 @@ class RLController:
         options = decoding_options(self.recipe)
         args = [(chunks[w::workers], options) for w in range(workers)]
         refs = self.rollouts.async_call_each("heldout_pages", [(*a, self.version) for a in args])
-        answers = [self._heldout_answer(w, ref, args[w]) for w, ref in enumerate(refs)]
+        answers = self._answers("heldout_pages", refs, args, self.next_step,
+                                f"rl held-out evaluation of policy version {self.version}")
         generated = [page for i in range(len(chunks)) for page in answers[i % workers][i // workers]]
         pages = learned_pages(generated).pages
         row = aggregate(score_method(pages, self.heldout, self._sim, k=eval_k(self.recipe)))
@@ -427,20 +450,6 @@ class RLController:
         out.update({f"eval/{m}_se": float(row[f"{m}_se"]) for m in PAIRED_METRICS if row[f"{m}_se"] is not None})
         out["eval/requests"] = float(row["count"])
         return out
-
-    def _heldout_answer(self, worker: int, ref: Any, args: Any) -> List[Any]:
-        """Worker ``worker``'s held-out pages; a lost worker is replaced and asked again, as in :meth:`_pages`."""
-        limit = int(self.cfg.rollout.max_restarts)
-        for attempt in range(limit + 1):
-            try:
-                return self.rollouts.wait([ref])[0]
-            except (RoleDiedError, RolloutVersionError) as exc:
-                if attempt == limit:
-                    raise RLError(f"rl held-out evaluation of policy version {self.version}: rollout worker {worker} "
-                                  f"was lost {attempt + 1} times (rl.rollout.max_restarts={limit}): {exc}") from exc
-                self._replace_rollout(worker, self.next_step)
-                ref = self.rollouts.async_call_one(worker, "heldout_pages", *args, self.version)
-        raise AssertionError("unreachable")
 
     # -- verification -----------------------------------------------------------------------
     def _probe_batch(self) -> RolloutBatch:
