@@ -41,8 +41,7 @@ import torch
 
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
-from pagerl.eval.pages import decoding_chunks, decoding_options, eval_k, eval_simulator, learned_pages
-from pagerl.eval.scoring import METRICS, PAIRED_METRICS, aggregate, score_method
+from pagerl.eval.pages import HeldoutEval
 from pagerl.rewards.token_rewards import RewardNormalizer
 from pagerl.rl import frames as xp
 from pagerl.rl import rl_checkpoint as ckpt
@@ -141,7 +140,8 @@ class RLController:
         placement group; :func:`pagerl.rl.roles.local.local_roles`: the same classes in this process).
         ``heldout``: the requests :meth:`evaluate` lays out pages for (``rl.eval_every``)."""
         self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
-        self.heldout = list(heldout)
+        # The eval stage's decoding and scoring of the held-out requests (rl.eval_every), or None.
+        self.heldout = HeldoutEval(recipe, heldout) if heldout else None
         self._policy_dir = str(policy_dir)
         cfg = self.cfg
         self.algorithm = resolve_algorithm(cfg)
@@ -424,32 +424,20 @@ class RLController:
     def _evaluate(self) -> Dict[str, float]:
         """The held-out figures of the policy the rollout workers hold (version ``self.version``).
 
-        The pages are decoded as the eval stage decodes a saved policy (``eval.decoding``,
-        ``eval.constrained``, the same chunks and seeds: :func:`pagerl.eval.pages.decoding_chunks`),
-        the chunks spread over the rollout workers, and scored by the eval stage's own
-        :func:`~pagerl.eval.scoring.score_method` and :func:`~pagerl.eval.scoring.aggregate`; so
-        after the last step they are the eval stage's figures for the saved RL policy (greedy).
-        Logged as ``eval/<metric>`` (the eval stage's names) and ``eval/<metric>_se``.
+        :class:`pagerl.eval.pages.HeldoutEval` gives the eval stage's decoding (``eval.decoding``,
+        ``eval.constrained``, the same chunks and seeds), whose chunks are spread over the rollout
+        workers, and scores their pages as the eval stage scores a saved policy's; so after the last
+        step they are the eval stage's figures for the saved RL policy (greedy). Logged as
+        ``eval/<metric>`` (the eval stage's names) and ``eval/<metric>_se``.
         """
-
-        if not self.heldout:
+        if self.heldout is None:
             raise RLError("rl.eval_every is on but the controller was given no held-out requests")
-        if not hasattr(self, "_sim"):
-            self._sim = eval_simulator(self.recipe)
-        chunks = decoding_chunks(self.recipe, self.heldout)
-        workers = len(self.rollouts)
-        options = decoding_options(self.recipe)
-        args = [(chunks[w::workers], options) for w in range(workers)]
+        chunks, workers = self.heldout.chunks, len(self.rollouts)
+        args = [(chunks[w::workers], self.heldout.options) for w in range(workers)]
         refs = self.rollouts.async_call_each("heldout_pages", [(*a, self.version) for a in args])
         answers = self._answers("heldout_pages", refs, args, self.next_step,
                                 f"rl held-out evaluation of policy version {self.version}")
-        generated = [page for i in range(len(chunks)) for page in answers[i % workers][i // workers]]
-        pages = learned_pages(generated).pages
-        row = aggregate(score_method(pages, self.heldout, self._sim, k=eval_k(self.recipe)))
-        out = {f"eval/{m}": float(row[m]) for m in METRICS if row[m] is not None}
-        out.update({f"eval/{m}_se": float(row[f"{m}_se"]) for m in PAIRED_METRICS if row[f"{m}_se"] is not None})
-        out["eval/requests"] = float(row["count"])
-        return out
+        return self.heldout.figures([page for i in range(len(chunks)) for page in answers[i % workers][i // workers]])
 
     # -- verification -----------------------------------------------------------------------
     def _probe_batch(self) -> RolloutBatch:
