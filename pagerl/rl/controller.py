@@ -48,11 +48,9 @@ from pagerl.rl import rl_checkpoint as ckpt
 from pagerl.rl import rl_seed
 from pagerl.rl.algorithms import SlotBaseline, make_kl_controller, resolve_algorithm
 from pagerl.rl.experience import compute_experience, experience_metrics, trainer_fields
-from pagerl.rl.roles.groups import ActorGroup, RoleDiedError
-from pagerl.rl.roles.placement import plan_placement
-from pagerl.rl.roles.reward_workers import RewardWorkerGroup
-from pagerl.rl.roles.rollout import RolloutBatch, RolloutVersionError, RolloutWorker
-from pagerl.rl.roles.trainer import PolicyTrainerRank
+from pagerl.rl.roles.groups import RoleDiedError
+from pagerl.rl.roles.layout import Roles, ray_roles
+from pagerl.rl.roles.rollout import RolloutBatch, RolloutVersionError
 from pagerl.rl.weight_sync import WeightSync, verify_sync
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.train.batching import lr_at
@@ -134,10 +132,11 @@ class RLController:
     """The roles of the RL stage and the loop that drives them (module docstring)."""
 
     def __init__(self, recipe: Any, run_dir: Path, policy_dir: str, requests: Sequence[Request],
-                 resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., "Roles"]] = None,
+                 resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., Roles]] = None,
                  heldout: Sequence[Request] = ()) -> None:
-        """``build_roles`` makes the role groups (:func:`ray_roles`, the default: Ray actors in one
-        placement group; :func:`pagerl.rl.roles.local.local_roles`: the same classes in this process).
+        """``build_roles`` makes the role groups (:func:`pagerl.rl.roles.layout.ray_roles`, the default:
+        Ray actors in one placement group; :func:`pagerl.rl.roles.local.local_roles`: the same classes in
+        this process).
         ``heldout``: the requests :meth:`evaluate` lays out pages for (``rl.eval_every``)."""
         self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
         # The eval stage's decoding and scoring of the held-out requests (rl.eval_every), or None.
@@ -468,45 +467,3 @@ class RLController:
         self.roles.shutdown()
         if hasattr(self, "sync"):
             self.sync.close()
-
-
-@dataclass
-class Roles:
-    """The role groups a controller drives, and what to release when it is done."""
-
-    trainers: Any
-    rollouts: Any
-    rewards: Any
-    placement: Any = None
-
-    def shutdown(self) -> None:
-        for group in (self.rollouts, self.trainers):
-            try:
-                group.kill()
-            except Exception:  # already gone
-                pass
-        self.rewards.shutdown()
-        if self.placement is not None:
-            self.placement.remove()
-
-
-def ray_roles(recipe: Any, run_dir: Path, policy_dir: str, needs_critic: bool, resume_dir: Optional[Path]) -> Roles:
-    """Every role as Ray actors, reserved together in one placement group (``rl.*``, ``rewards.*``)."""
-    cfg = recipe.rl
-    timeout, ranks = float(cfg.timeout_s), int(cfg.trainer.num_ranks)
-    placement = plan_placement({
-        "trainer": (ranks, cfg.trainer.cpus_per_rank, cfg.trainer.gpus_per_rank),
-        "rollout": (cfg.rollout.num_workers, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker),
-        "reward": (recipe.rewards.num_workers, recipe.rewards.cpus_per_worker, 0.0),
-    }, timeout, name="")
-    trainers = ActorGroup("trainer", PolicyTrainerRank, ranks, num_cpus=cfg.trainer.cpus_per_rank,
-                          num_gpus=cfg.trainer.gpus_per_rank, placement=placement.of("trainer"),
-                          init_args=(recipe, policy_dir, ranks, needs_critic,
-                                     None if resume_dir is None else str(resume_dir)),
-                          timeout_s=timeout)
-    rollouts = ActorGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
-                          num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
-                          max_restarts=int(cfg.rollout.max_restarts), placement=placement.of("rollout"),
-                          init_args=(recipe, policy_dir), timeout_s=timeout)
-    rewards = RewardWorkerGroup(recipe, run_dir, placement=placement.of("reward"))
-    return Roles(trainers, rollouts, rewards, placement)

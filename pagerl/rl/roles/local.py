@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from pagerl.rl.controller import Roles
 from pagerl.rl.roles.groups import CallVocabulary, RoleDiedError
+from pagerl.rl.roles.layout import Roles
 from pagerl.rl.roles.reward_workers import RewardWorker
 from pagerl.rl.roles.rollout import RolloutWorker
 from pagerl.rl.roles.trainer import PolicyTrainerRank
