@@ -4,13 +4,16 @@
     2. generate    rollout workers lay out n pages per request (constrained)
     3. reward      reward workers score every page: page reward, item rewards
     4. experience  trainer ranks compute old / reference logprobs and values;
-                   here: KL, reward normalisation, advantages (per slot)
+                   then, in this process (:mod:`pagerl.rl.experience`, pure
+                   tensors): importance weights, reward shaping, KL,
+                   advantages (per slot)
     5. train       trainer ranks update the policy (and critic) under ZeRO
     6. sync        weights stream to the rollout workers in buckets; a probe
                    batch verifies that rollout and trainer agree
   (+ eval          every ``rl.eval_every`` steps: the rollout workers' synced
                    policy lays out held-out pages as the eval stage decodes
-                   them, scored by the simulator as the eval stage scores them)
+                   them, scored as the eval stage scores them: one entry
+                   point, :class:`pagerl.eval.pages.HeldoutEval`)
 
 With ``rl.overlap`` the rollout workers sample step t+1's pages while step t
 scores, trains and syncs (one step off-policy: by the weights before step t's
@@ -20,11 +23,14 @@ trainer's weights by ``rl.off_policy`` (:mod:`pagerl.rl.algorithms.off_policy`),
 and the staleness and importance ratios are logged every step. With it off
 the loop is on-policy and the ratios are 1 within fp32 tolerance.
 
-Every phase is timed, and every number it logs comes from the code named in
-:meth:`RLController.step`. Advantages are computed here, on the whole step's
-batch, because group and per-slot statistics span pages that sit on
-different trainer ranks. The roles never call each other; the controller
-hands each the data it needs (:mod:`pagerl.rl.roles.groups` is the one vocabulary).
+Every phase is one call of :meth:`RLController.step`, timed, and every number
+it logs comes from the code that call names. Advantages are computed in the
+driver, on the whole step's batch, because group and per-slot statistics span
+pages that sit on different trainer ranks. The roles never call each other;
+the controller hands each the data it needs (:mod:`pagerl.rl.roles.groups` is
+the one vocabulary; :mod:`pagerl.rl.roles.layout` makes the role groups). A
+rollout worker whose process was lost is replaced and asked again in one
+place (:meth:`RLController._ask_rollouts`).
 """
 
 from __future__ import annotations
@@ -222,7 +228,7 @@ class RLController:
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, step: int, prefetch: bool = False, evaluate: bool = False) -> Dict[str, float]:
-        """One RL step (the six phases of the module docstring); returns what it logs.
+        """One RL step (the six phases of the module docstring), each phase one call, timed; returns what it logs.
 
         With ``rl.overlap`` and ``prefetch`` (there is a next step), the next
         step's pages are requested from the rollout workers as soon as this
@@ -232,33 +238,81 @@ class RLController:
         (:meth:`evaluate`, phase ``eval``).
         """
         timer = Timer()
-        with timer.phase("generate"):
-            indices, rollout = self._collect(step)
-            if self.cfg.overlap and prefetch:
-                self._launch(step + 1)
-        requests = [self.requests[i] for i in indices]
-        self.last_request_ids = [r.request_id for r in requests]
+        with timer.phase("generate"):  # the prompts were drawn when these pages were asked for
+            requests, rollout = self._generate(step, prefetch)
         with timer.phase("reward"):
-            repeated = [requests[i] for i in rollout.request_index]
-            scored = self.rewards.score(repeated, rollout.item_ids, rollout.valid)
+            scored = self._reward(requests, rollout)
         with timer.phase("experience"):
             batch, metrics = self._experience(rollout, scored)
-        self.last_batch = batch
         with timer.phase("train"):
-            stats = self.trainers.call_each("train", [(s, step, self.kl.value, self._lr(step))
-                                                      for s in self.split(batch)])[0]
+            stats = self._train(step, batch)
         with timer.phase("sync"):
-            self.version += 1
-            sync = self._sync(step)
-            delta = self.verify(step) if self.cfg.sync.verify else None
+            sync, delta = self._sync(step)
         with timer.phase("eval"):
             heldout = self._evaluate() if evaluate else {}
-        pages = len(rollout)
+        return self._finish(step, timer, batch, {**metrics, **stats, **heldout}, sync, delta)
+
+    # -- the phases -------------------------------------------------------------------------
+    def _generate(self, step: int, prefetch: bool):
+        """Prompts and pages: step ``step``'s requests (drawn from the prompt cursor when their pages were
+        asked for: now, or a step ahead) and their pages; with ``rl.overlap`` and ``prefetch``, the next
+        step's pages are asked for at once."""
+        indices, rollout = self._collect(step)
+        if self.cfg.overlap and prefetch:
+            self._launch(step + 1)
+        requests = [self.requests[i] for i in indices]
+        self.last_request_ids = [r.request_id for r in requests]
+        return requests, rollout
+
+    def _reward(self, requests: Sequence[Request], rollout: RolloutBatch) -> Any:
+        """Every page scored by the reward workers for the request it was sampled for."""
+        repeated = [requests[i] for i in rollout.request_index]
+        return self.rewards.score(repeated, rollout.item_ids, rollout.valid)
+
+    def _experience(self, rollout: RolloutBatch, scored: Any):
+        """The step's batch for the update and its figures: the pages packed, the trainer ranks' logprobs
+        (and values) of them, then the arithmetic of :mod:`pagerl.rl.experience` on the whole batch."""
+        if not all(rollout.valid):
+            bad = rollout.valid.index(False)
+            raise RLError(f"rollout produced an invalid page ({rollout.reasons[bad]}); the RL stage needs "
+                          "constrained rollouts (rl.rollout.constrained=true)")
+        batch = xp.pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
+                        self._pad_id)
+        trainer_out = xp.concat(self.trainers.call_each("experience", [(s,) for s in self.split(batch)]))
+        mask = batch["mask"]
+        exp = compute_experience(mask, trainer_out, xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1]),
+                                 *scored.as_tensors(torch.float64), torch.as_tensor(rollout.request_index),
+                                 rl=self.cfg, rewards=self.recipe.rewards, estimator=self.algorithm.estimator,
+                                 normalizer=self.normalizer, baseline=self.baseline, kl_coef=self.kl.value)
+        batch.update(trainer_fields(exp, self.algorithm.needs_critic))
+        return batch, experience_metrics(exp, self.recipe.rewards, [self.version - v for v in rollout.version])
+
+    def _train(self, step: int, batch: xp.Batch) -> Dict[str, float]:
+        """Every trainer rank updates on its shard of ``batch`` (kept as ``last_batch``); the ranks' mean
+        statistics."""
+        self.last_batch = batch
+        return self.trainers.call_each("train", [(s, step, self.kl.value, self._lr(step))
+                                                 for s in self.split(batch)])[0]
+
+    def _sync(self, step: int):
+        """The trainers' weights pushed to the rollout workers as the next version, then (``rl.sync.verify``)
+        the probe batch's max |rollout - trainer| logprob: ``(sync figures, that delta or None)``. A rollout
+        worker lost while receiving is replaced and every worker is sent them again, up to
+        ``rl.rollout.max_restarts`` times."""
+        self.version += 1
+        sync = self._ask_rollouts(lambda: self.sync.sync(self.version), step=step, where=f"rl step {step}",
+                                  what="the weight sync lost rollout workers")
+        return sync, (self.verify(step) if self.cfg.sync.verify else None)
+
+    def _finish(self, step: int, timer: Timer, batch: xp.Batch, metrics: Dict[str, float], sync: Any,
+                delta: Optional[float]) -> Dict[str, float]:
+        """The step's row: ``metrics`` (experience, update, held-out figures) with each phase's seconds, the
+        throughput, the sync, the loop's state and the faults survived so far. The KL controller then
+        takes the step's KL, and a non-finite figure stops the run."""
+        pages = int(batch["mask"].shape[0])
         total = sum(timer.seconds.values())
         rl_s = total - timer.seconds["eval"]  # the throughput of RL itself, without the held-out pages
         tokens = int(batch["mask"].sum())
-        metrics.update(stats)
-        metrics.update(heldout)
         metrics.update({f"seconds_{k}": timer.seconds[k] for k in PHASES})
         metrics.update({
             "step_s": total, "pages_per_s": pages / rl_s, "tokens_per_s": tokens / rl_s,
@@ -278,6 +332,7 @@ class RLController:
         self.next_step = step + 1
         return metrics
 
+    # -- rollouts: asking, collecting, and asking again after a lost worker ------------------
     def _launch(self, step: int) -> None:
         """Ask the rollout workers for step ``step``'s pages (the next requests), by the weights they hold.
 
@@ -293,6 +348,15 @@ class RLController:
         offsets = np.cumsum([0] + [len(c) for c in chunks[:-1]]).tolist()
         refs = self.rollouts.async_call_each("generate", [(*a, self.version) for a in args])
         self._inflight = _Inflight(step, indices, refs, offsets, args)
+
+    def _collect(self, step: int):
+        """``(request indices, RolloutBatch)`` of step ``step``: launched now, or earlier (overlap, resume)."""
+        if self._inflight is None:
+            self._launch(step)
+        pending, self._inflight = self._inflight, None
+        if pending.step != step:
+            raise RLError(f"rl step {step}: the pages in flight are step {pending.step}'s")
+        return pending.indices, self._pages(pending)
 
     def _pages(self, pending: _Inflight) -> RolloutBatch:
         """The pages of ``pending``, once every worker's are in; a lost worker's are asked for again.
@@ -357,39 +421,7 @@ class RLController:
         self.sync = WeightSync(self.trainers, self.rollouts, self.cfg.sync, float(self.cfg.timeout_s))
         return self.sync.sync(self.version)
 
-    def _sync(self, step: int):
-        """Push the trainers' weights as ``self.version``. A rollout worker lost while receiving is
-        replaced and every worker is sent them again, up to ``rl.rollout.max_restarts`` times."""
-        return self._ask_rollouts(lambda: self.sync.sync(self.version), step=step, where=f"rl step {step}",
-                                  what="the weight sync lost rollout workers")
-
-    def _collect(self, step: int):
-        """``(request indices, RolloutBatch)`` of step ``step``: launched now, or earlier (overlap, resume)."""
-        if self._inflight is None:
-            self._launch(step)
-        pending, self._inflight = self._inflight, None
-        if pending.step != step:
-            raise RLError(f"rl step {step}: the pages in flight are step {pending.step}'s")
-        return pending.indices, self._pages(pending)
-
-    def _experience(self, rollout: RolloutBatch, scored: Any):
-        """The step's batch for the update and its figures: the pages packed, the trainer ranks' logprobs
-        (and values) of them, then the arithmetic of :mod:`pagerl.rl.experience` on the whole batch."""
-        if not all(rollout.valid):
-            bad = rollout.valid.index(False)
-            raise RLError(f"rollout produced an invalid page ({rollout.reasons[bad]}); the RL stage needs "
-                          "constrained rollouts (rl.rollout.constrained=true)")
-        batch = xp.pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
-                        self._pad_id)
-        trainer_out = xp.concat(self.trainers.call_each("experience", [(s,) for s in self.split(batch)]))
-        mask = batch["mask"]
-        exp = compute_experience(mask, trainer_out, xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1]),
-                                 *scored.as_tensors(torch.float64), torch.as_tensor(rollout.request_index),
-                                 rl=self.cfg, rewards=self.recipe.rewards, estimator=self.algorithm.estimator,
-                                 normalizer=self.normalizer, baseline=self.baseline, kl_coef=self.kl.value)
-        batch.update(trainer_fields(exp, self.algorithm.needs_critic))
-        return batch, experience_metrics(exp, self.recipe.rewards, [self.version - v for v in rollout.version])
-
+    # -- shards, learning rate, padding -----------------------------------------------------
     def split(self, batch: xp.Batch) -> List[xp.Batch]:
         """One equal shard of ``batch`` per trainer rank."""
         return xp.split(batch, len(self.trainers))

@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from pagerl.config.schema import RLConfig, RolloutConfig
+from pagerl.config.schema import RLConfig, RolloutConfig, WeightSyncConfig
 from pagerl.rl.controller import RLController, RLError
 from pagerl.rl.roles.groups import RoleDiedError
 from pagerl.rl.roles.rollout import RolloutVersionError
@@ -52,11 +52,12 @@ class ScriptedRollouts:
 
 
 def _controller(rollouts: Any, max_restarts: int = 2, replace_errors: List[BaseException] = ()):
-    """An RLController with only what the helper reads: rl.rollout.max_restarts, the version, the
-    rollout group, and a recording stand-in for the replacement (the resync's figures are its answer)."""
+    """An RLController with only what the helper reads: rl.rollout.max_restarts (and rl.sync.verify off),
+    the version, the rollout group, and a recording stand-in for the replacement (the resync's figures
+    are its answer)."""
     controller = object.__new__(RLController)
-    controller.cfg = dataclasses.replace(RLConfig(), rollout=dataclasses.replace(RolloutConfig(),
-                                                                                max_restarts=max_restarts))
+    controller.cfg = dataclasses.replace(RLConfig(), rollout=RolloutConfig(max_restarts=max_restarts),
+                                         sync=WeightSyncConfig(verify=False))
     controller.version = 5
     controller.rollouts = rollouts
     controller.replaced = []
@@ -126,7 +127,7 @@ def test_the_weight_sync_answers_with_the_resync_of_the_worker_its_error_names()
 
     controller = _controller(ScriptedRollouts({0: [], 1: []}))
     controller.sync = SimpleNamespace(sync=lambda version: sync_once())
-    assert controller._sync(4) == {"resynced": 5}
+    assert controller._sync(4) == ({"resynced": 6}, None)  # the next version, resynced; no probe asked for
     assert attempts == [1] and controller.replaced == [(1, 4)]
     # a loss during the replacement (its resync) counts as one more, and the worker it names is replaced
     stubborn = _controller(ScriptedRollouts({0: [], 1: []}), max_restarts=2,
