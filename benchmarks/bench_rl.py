@@ -186,6 +186,7 @@ def head_memory(shape: str, vocab: int, path: str, micro_batch: int) -> Dict[str
     from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint
     from pagerl.models.logprobs import CausalLMLogprobs, policy_logits
     from pagerl.rl.frames import pack
+    from pagerl.rl.roles.layout import rollout_args
     from pagerl.rl.roles.rollout import RolloutWorker
 
     with tempfile.TemporaryDirectory(prefix="bench_rl_head_") as tmp:
@@ -193,7 +194,8 @@ def head_memory(shape: str, vocab: int, path: str, micro_batch: int) -> Dict[str
         model, tokenizer = save_policy(recipe, Path(tmp), vocab)
         native = len(tokenizer)
         samples = int(recipe.rl.rollout.samples_per_request)
-        rollout = RolloutWorker(recipe, tmp).generate(world_requests(recipe)[: max(1, micro_batch // samples)], 3)
+        worker = RolloutWorker(*rollout_args(recipe, tmp))
+        rollout = worker.generate(world_requests(recipe)[: max(1, micro_batch // samples)], 3)
     torch.set_num_threads(1)
     b = pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
              int(tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id))

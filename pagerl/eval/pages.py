@@ -6,9 +6,12 @@ policy lays out its pages by its kind (:mod:`pagerl.eval.policy_kinds`; a
 language model, ``"lm"``, is registered here and decodes as ``eval.*`` says),
 a baseline by its function in :mod:`pagerl.eval.baseline_policies`.
 
-The RL stage's periodic evaluation (:mod:`pagerl.rl.controller`) decodes and
-scores with these too, on the rollout workers' synced weights, so its last
-point is the eval stage's number for the RL policy.
+A language model's held-out pages are decoded and scored through one entry
+point, :class:`HeldoutEval`: the eval stage decodes with it in this process
+(:func:`policy_pages`), the RL stage's periodic evaluation
+(:mod:`pagerl.rl.controller`, ``rl.eval_every``) spreads its chunks over the
+rollout workers' synced weights and turns their pages into figures with it, so
+that curve's last point is the eval stage's number for the RL policy.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pagerl.data.types import Request
 from pagerl.envs import PageEnv, env_from_recipe
 from pagerl.eval.baseline_policies import BASELINES, baseline_rng
 from pagerl.eval.policy_kinds import LM, register_policy_kind
-from pagerl.eval.scoring import EvalError, MethodPages, Page
+from pagerl.eval.scoring import METRICS, PAIRED_METRICS, EvalError, MethodPages, Page, aggregate, score_method
 from pagerl.models.build import load_policy
 from pagerl.models.generate import generate_pages
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
@@ -82,11 +85,7 @@ def policy_pages(recipe: Any, model_dir: str, requests: Sequence[Request]) -> Me
             "was the tokenizer saved with this checkpoint?"
         )
     progress = Progress("eval", total=len(requests), every_s=recipe.tracking.progress_every_s)
-    generated: List[Any] = []
-    for chunk, seed in decoding_chunks(recipe, requests):
-        generated.extend(generate_pages(model, tokenizer, chunk, seed=seed, **decoding_options(recipe)))
-        progress.update(len(generated))
-    return learned_pages(generated)
+    return learned_pages(HeldoutEval(recipe, requests).decode(model, tokenizer, progress))
 
 
 @register_policy_kind(LM)
@@ -118,6 +117,47 @@ def learned_pages(generated: Sequence[Any]) -> MethodPages:
         generation=[{"items": list(g.item_ids), "valid": g.valid, "reason": g.reason, "detail": g.detail}
                     for g in generated],
     )
+
+
+class HeldoutEval:
+    """A language model's pages for held-out ``requests`` as the eval stage decodes and scores them.
+
+    ``chunks`` (:func:`decoding_chunks`: the requests in chunks of ``eval.batch_size``, each with its
+    own seed) and ``options`` (:func:`decoding_options`: the ``generate_pages`` keywords of
+    ``eval.*``) are what to decode, wherever the weights are: :meth:`decode` runs them in this
+    process (the eval stage), the RL stage hands them to its rollout workers. :meth:`figures` scores
+    the pages decoded, in request order, by the eval stage's :func:`~pagerl.eval.scoring.score_method`
+    and :func:`~pagerl.eval.scoring.aggregate` on the recipe's environment.
+    """
+
+    def __init__(self, recipe: Any, requests: Sequence[Request]) -> None:
+        self.recipe = recipe
+        self.requests = list(requests)
+        self.chunks = decoding_chunks(recipe, self.requests)
+        self.options = decoding_options(recipe)
+        self._sim: Optional[PageEnv] = None  # built at the first scoring; a decoding caller never needs it
+
+    def decode(self, model: Any, tokenizer: Any, progress: Optional[Progress] = None) -> List[Any]:
+        """One :class:`~pagerl.models.generate.GeneratedPage` per request, decoded here, chunk by chunk."""
+        generated: List[Any] = []
+        for chunk, seed in self.chunks:
+            generated.extend(generate_pages(model, tokenizer, chunk, seed=seed, **self.options))
+            if progress is not None:
+                progress.update(len(generated))
+        return generated
+
+    def figures(self, generated: Sequence[Any]) -> Dict[str, float]:
+        """``eval/<metric>`` (the names of ``eval/results.json``: means over the requests, an invalid page
+        scoring 0), ``eval/<metric>_se`` of the paired metrics and ``eval/requests``, of the pages
+        ``generated`` for the requests in order (one per request)."""
+        if self._sim is None:
+            self._sim = eval_simulator(self.recipe)
+        row = aggregate(score_method(learned_pages(generated).pages, self.requests, self._sim,
+                                     k=eval_k(self.recipe)))
+        out = {f"eval/{m}": float(row[m]) for m in METRICS if row[m] is not None}
+        out.update({f"eval/{m}_se": float(row[f"{m}_se"]) for m in PAIRED_METRICS if row[f"{m}_se"] is not None})
+        out["eval/requests"] = float(row["count"])
+        return out
 
 
 def eval_simulator(recipe: Any) -> PageEnv:

@@ -4,13 +4,16 @@
     2. generate    rollout workers lay out n pages per request (constrained)
     3. reward      reward workers score every page: page reward, item rewards
     4. experience  trainer ranks compute old / reference logprobs and values;
-                   here: KL, reward normalisation, advantages (per slot)
+                   then, in this process (:mod:`pagerl.rl.experience`, pure
+                   tensors): importance weights, reward shaping, KL,
+                   advantages (per slot)
     5. train       trainer ranks update the policy (and critic) under ZeRO
     6. sync        weights stream to the rollout workers in buckets; a probe
                    batch verifies that rollout and trainer agree
   (+ eval          every ``rl.eval_every`` steps: the rollout workers' synced
                    policy lays out held-out pages as the eval stage decodes
-                   them, scored by the simulator as the eval stage scores them)
+                   them, scored as the eval stage scores them: one entry
+                   point, :class:`pagerl.eval.pages.HeldoutEval`)
 
 With ``rl.overlap`` the rollout workers sample step t+1's pages while step t
 scores, trains and syncs (one step off-policy: by the weights before step t's
@@ -20,11 +23,14 @@ trainer's weights by ``rl.off_policy`` (:mod:`pagerl.rl.algorithms.off_policy`),
 and the staleness and importance ratios are logged every step. With it off
 the loop is on-policy and the ratios are 1 within fp32 tolerance.
 
-Every phase is timed, and every number it logs comes from the code named in
-:meth:`RLController.step`. Advantages are computed here, on the whole step's
-batch, because group and per-slot statistics span pages that sit on
-different trainer ranks. The roles never call each other; the controller
-hands each the data it needs (:mod:`pagerl.rl.roles.groups` is the one vocabulary).
+Every phase is one call of :meth:`RLController.step`, timed, and every number
+it logs comes from the code that call names. Advantages are computed in the
+driver, on the whole step's batch, because group and per-slot statistics span
+pages that sit on different trainer ranks. The roles never call each other;
+the controller hands each the data it needs (:mod:`pagerl.rl.roles.groups` is
+the one vocabulary; :mod:`pagerl.rl.roles.layout` makes the role groups). A
+rollout worker whose process was lost is replaced and asked again in one
+place (:meth:`RLController._ask_rollouts`).
 """
 
 from __future__ import annotations
@@ -41,26 +47,16 @@ import torch
 
 from pagerl.data.types import Request
 from pagerl.errors import PageRLError
-from pagerl.eval.pages import decoding_chunks, decoding_options, eval_k, eval_simulator, learned_pages
-from pagerl.eval.scoring import METRICS, PAIRED_METRICS, aggregate, score_method
-from pagerl.rewards.token_rewards import RewardNormalizer, shaped_rewards
+from pagerl.eval.pages import HeldoutEval
+from pagerl.rewards.token_rewards import RewardNormalizer
 from pagerl.rl import frames as xp
 from pagerl.rl import rl_checkpoint as ckpt
 from pagerl.rl import rl_seed
-from pagerl.rl.algorithms import (
-    AdvantageInputs,
-    SlotBaseline,
-    advantage_options,
-    estimate_kl,
-    make_kl_controller,
-    resolve_algorithm,
-)
-from pagerl.rl.algorithms.off_policy import importance_weights
-from pagerl.rl.roles.groups import ActorGroup, RoleDiedError
-from pagerl.rl.roles.placement import plan_placement
-from pagerl.rl.roles.reward_workers import RewardWorkerGroup
-from pagerl.rl.roles.rollout import RolloutBatch, RolloutVersionError, RolloutWorker
-from pagerl.rl.roles.trainer import PolicyTrainerRank
+from pagerl.rl.algorithms import SlotBaseline, make_kl_controller, resolve_algorithm
+from pagerl.rl.experience import compute_experience, experience_metrics, trainer_fields
+from pagerl.rl.roles.groups import RoleDiedError
+from pagerl.rl.roles.layout import Roles, ray_roles
+from pagerl.rl.roles.rollout import RolloutBatch, RolloutVersionError
 from pagerl.rl.weight_sync import WeightSync, verify_sync
 from pagerl.tokenization.tokenizer import load_policy_tokenizer
 from pagerl.train.batching import lr_at
@@ -130,17 +126,27 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+def _lost_rollout(exc: BaseException, asked: Optional[int]) -> Optional[int]:
+    """The rollout worker ``exc`` says was lost: the one a :class:`RoleDiedError` of the rollout role
+    names, or ``asked`` for a :class:`RolloutVersionError` (which names none); None for anything else."""
+    if isinstance(exc, RoleDiedError):
+        return exc.index if exc.role == "rollout" and exc.index >= 0 else None
+    return asked
+
+
 class RLController:
     """The roles of the RL stage and the loop that drives them (module docstring)."""
 
     def __init__(self, recipe: Any, run_dir: Path, policy_dir: str, requests: Sequence[Request],
-                 resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., "Roles"]] = None,
+                 resume_dir: Optional[Path] = None, build_roles: Optional[Callable[..., Roles]] = None,
                  heldout: Sequence[Request] = ()) -> None:
-        """``build_roles`` makes the role groups (:func:`ray_roles`, the default: Ray actors in one
-        placement group; :func:`pagerl.rl.roles.local.local_roles`: the same classes in this process).
+        """``build_roles`` makes the role groups (:func:`pagerl.rl.roles.layout.ray_roles`, the default:
+        Ray actors in one placement group; :func:`pagerl.rl.roles.local.local_roles`: the same classes in
+        this process).
         ``heldout``: the requests :meth:`evaluate` lays out pages for (``rl.eval_every``)."""
         self.recipe, self.cfg, self.run_dir = recipe, recipe.rl, Path(run_dir)
-        self.heldout = list(heldout)
+        # The eval stage's decoding and scoring of the held-out requests (rl.eval_every), or None.
+        self.heldout = HeldoutEval(recipe, heldout) if heldout else None
         self._policy_dir = str(policy_dir)
         cfg = self.cfg
         self.algorithm = resolve_algorithm(cfg)
@@ -222,7 +228,7 @@ class RLController:
 
     # -- the step ---------------------------------------------------------------------------
     def step(self, step: int, prefetch: bool = False, evaluate: bool = False) -> Dict[str, float]:
-        """One RL step (the six phases of the module docstring); returns what it logs.
+        """One RL step (the six phases of the module docstring), each phase one call, timed; returns what it logs.
 
         With ``rl.overlap`` and ``prefetch`` (there is a next step), the next
         step's pages are requested from the rollout workers as soon as this
@@ -232,33 +238,81 @@ class RLController:
         (:meth:`evaluate`, phase ``eval``).
         """
         timer = Timer()
-        with timer.phase("generate"):
-            indices, rollout = self._collect(step)
-            if self.cfg.overlap and prefetch:
-                self._launch(step + 1)
-        requests = [self.requests[i] for i in indices]
-        self.last_request_ids = [r.request_id for r in requests]
+        with timer.phase("generate"):  # the prompts were drawn when these pages were asked for
+            requests, rollout = self._generate(step, prefetch)
         with timer.phase("reward"):
-            repeated = [requests[i] for i in rollout.request_index]
-            scored = self.rewards.score(repeated, rollout.item_ids, rollout.valid)
+            scored = self._reward(requests, rollout)
         with timer.phase("experience"):
             batch, metrics = self._experience(rollout, scored)
-        self.last_batch = batch
         with timer.phase("train"):
-            stats = self.trainers.call_each("train", [(s, step, self.kl.value, self._lr(step))
-                                                      for s in self.split(batch)])[0]
+            stats = self._train(step, batch)
         with timer.phase("sync"):
-            self.version += 1
-            sync = self._sync(step)
-            delta = self.verify(step) if self.cfg.sync.verify else None
+            sync, delta = self._sync(step)
         with timer.phase("eval"):
             heldout = self._evaluate() if evaluate else {}
-        pages = len(rollout)
+        return self._finish(step, timer, batch, {**metrics, **stats, **heldout}, sync, delta)
+
+    # -- the phases -------------------------------------------------------------------------
+    def _generate(self, step: int, prefetch: bool):
+        """Prompts and pages: step ``step``'s requests (drawn from the prompt cursor when their pages were
+        asked for: now, or a step ahead) and their pages; with ``rl.overlap`` and ``prefetch``, the next
+        step's pages are asked for at once."""
+        indices, rollout = self._collect(step)
+        if self.cfg.overlap and prefetch:
+            self._launch(step + 1)
+        requests = [self.requests[i] for i in indices]
+        self.last_request_ids = [r.request_id for r in requests]
+        return requests, rollout
+
+    def _reward(self, requests: Sequence[Request], rollout: RolloutBatch) -> Any:
+        """Every page scored by the reward workers for the request it was sampled for."""
+        repeated = [requests[i] for i in rollout.request_index]
+        return self.rewards.score(repeated, rollout.item_ids, rollout.valid)
+
+    def _experience(self, rollout: RolloutBatch, scored: Any):
+        """The step's batch for the update and its figures: the pages packed, the trainer ranks' logprobs
+        (and values) of them, then the arithmetic of :mod:`pagerl.rl.experience` on the whole batch."""
+        if not all(rollout.valid):
+            bad = rollout.valid.index(False)
+            raise RLError(f"rollout produced an invalid page ({rollout.reasons[bad]}); the RL stage needs "
+                          "constrained rollouts (rl.rollout.constrained=true)")
+        batch = xp.pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
+                        self._pad_id)
+        trainer_out = xp.concat(self.trainers.call_each("experience", [(s,) for s in self.split(batch)]))
+        mask = batch["mask"]
+        exp = compute_experience(mask, trainer_out, xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1]),
+                                 *scored.as_tensors(torch.float64), torch.as_tensor(rollout.request_index),
+                                 rl=self.cfg, rewards=self.recipe.rewards, estimator=self.algorithm.estimator,
+                                 normalizer=self.normalizer, baseline=self.baseline, kl_coef=self.kl.value)
+        batch.update(trainer_fields(exp, self.algorithm.needs_critic))
+        return batch, experience_metrics(exp, self.recipe.rewards, [self.version - v for v in rollout.version])
+
+    def _train(self, step: int, batch: xp.Batch) -> Dict[str, float]:
+        """Every trainer rank updates on its shard of ``batch`` (kept as ``last_batch``); the ranks' mean
+        statistics."""
+        self.last_batch = batch
+        return self.trainers.call_each("train", [(s, step, self.kl.value, self._lr(step))
+                                                 for s in self.split(batch)])[0]
+
+    def _sync(self, step: int):
+        """The trainers' weights pushed to the rollout workers as the next version, then (``rl.sync.verify``)
+        the probe batch's max |rollout - trainer| logprob: ``(sync figures, that delta or None)``. A rollout
+        worker lost while receiving is replaced and every worker is sent them again, up to
+        ``rl.rollout.max_restarts`` times."""
+        self.version += 1
+        sync = self._ask_rollouts(lambda: self.sync.sync(self.version), step=step, where=f"rl step {step}",
+                                  what="the weight sync lost rollout workers")
+        return sync, (self.verify(step) if self.cfg.sync.verify else None)
+
+    def _finish(self, step: int, timer: Timer, batch: xp.Batch, metrics: Dict[str, float], sync: Any,
+                delta: Optional[float]) -> Dict[str, float]:
+        """The step's row: ``metrics`` (experience, update, held-out figures) with each phase's seconds, the
+        throughput, the sync, the loop's state and the faults survived so far. The KL controller then
+        takes the step's KL, and a non-finite figure stops the run."""
+        pages = int(batch["mask"].shape[0])
         total = sum(timer.seconds.values())
         rl_s = total - timer.seconds["eval"]  # the throughput of RL itself, without the held-out pages
         tokens = int(batch["mask"].sum())
-        metrics.update(stats)
-        metrics.update(heldout)
         metrics.update({f"seconds_{k}": timer.seconds[k] for k in PHASES})
         metrics.update({
             "step_s": total, "pages_per_s": pages / rl_s, "tokens_per_s": tokens / rl_s,
@@ -278,6 +332,7 @@ class RLController:
         self.next_step = step + 1
         return metrics
 
+    # -- rollouts: asking, collecting, and asking again after a lost worker ------------------
     def _launch(self, step: int) -> None:
         """Ask the rollout workers for step ``step``'s pages (the next requests), by the weights they hold.
 
@@ -294,61 +349,6 @@ class RLController:
         refs = self.rollouts.async_call_each("generate", [(*a, self.version) for a in args])
         self._inflight = _Inflight(step, indices, refs, offsets, args)
 
-    def _pages(self, pending: _Inflight) -> RolloutBatch:
-        """The pages of ``pending``, once every worker's are in; a lost worker's are asked for again.
-
-        A rollout worker that dies (SIGKILL, OOM) is restarted by Ray
-        (``rl.rollout.max_restarts``); the new process holds the initial
-        weights, so it is sent the current version before it gets its
-        requests again, with the same seed. On-policy that regenerates the
-        lost pages exactly; with overlap the redone pages come from the
-        current weights (staleness 0), which their version records. Every
-        page is generated once in the batch, whatever was lost.
-        """
-        if pending.batch is not None:
-            return pending.batch
-        limit = int(self.cfg.rollout.max_restarts)
-        batches = []
-        for w, ref in enumerate(pending.refs):
-            for attempt in range(limit + 1):
-                try:
-                    batches.append(self.rollouts.wait([ref])[0])
-                    break
-                except (RoleDiedError, RolloutVersionError) as exc:
-                    # RolloutVersionError: a call that reached the process Ray restarted, before its sync
-                    if attempt == limit:
-                        raise RLError(f"rl step {pending.step}: rollout worker {w} was lost {attempt + 1} times "
-                                      f"(rl.rollout.max_restarts={limit}): {exc}") from exc
-                    self._replace_rollout(w, pending.step)
-                    ref = self.rollouts.async_call_one(w, "generate", *pending.args[w], self.version)
-        pending.batch = RolloutBatch.concat(batches, pending.offsets)
-        return pending.batch
-
-    def _replace_rollout(self, worker: int, step: int):
-        """Wait for Ray's restart of a lost rollout worker and bring it to the current weights."""
-        print(f"[rl] step {step}: rollout worker {worker} died; waiting for its restart and resyncing "
-              f"version {self.version}", flush=True)
-        self.faults["rollout_workers_replaced"] += 1
-        self.rollouts.await_restart(worker)
-        # A fresh transport: a collective one must re-form its group with the new process.
-        self.sync.close()
-        self.sync = WeightSync(self.trainers, self.rollouts, self.cfg.sync, float(self.cfg.timeout_s))
-        return self.sync.sync(self.version)
-
-    def _sync(self, step: int):
-        """Push the trainers' weights as ``self.version``. A rollout worker lost while receiving is
-        replaced and every worker is sent them again, up to ``rl.rollout.max_restarts`` times."""
-        lost = -1
-        for attempt in range(int(self.cfg.rollout.max_restarts) + 1):
-            try:
-                return self.sync.sync(self.version) if attempt == 0 else self._replace_rollout(lost, step)
-            except RoleDiedError as exc:
-                if exc.role != "rollout":
-                    raise
-                lost, error = exc.index, exc
-        raise RLError(f"rl step {step}: the weight sync lost rollout workers {attempt + 1} times "
-                      f"(rl.rollout.max_restarts={self.cfg.rollout.max_restarts}): {error}") from error
-
     def _collect(self, step: int):
         """``(request indices, RolloutBatch)`` of step ``step``: launched now, or earlier (overlap, resume)."""
         if self._inflight is None:
@@ -358,67 +358,73 @@ class RLController:
             raise RLError(f"rl step {step}: the pages in flight are step {pending.step}'s")
         return pending.indices, self._pages(pending)
 
-    def _experience(self, rollout: RolloutBatch, scored: Any):
-        cfg, rewards_cfg = self.cfg, self.recipe.rewards
-        if not all(rollout.valid):
-            bad = rollout.valid.index(False)
-            raise RLError(f"rollout produced an invalid page ({rollout.reasons[bad]}); the RL stage needs "
-                          "constrained rollouts (rl.rollout.constrained=true)")
-        batch = xp.pack(rollout.prompt_ids, rollout.response_ids, rollout.num_candidates, rollout.page_sizes,
-                        self._pad_id)
-        outs = self.trainers.call_each("experience", [(s,) for s in self.split(batch)])
-        exp = xp.concat(outs)
-        mask = batch["mask"]
-        sampled = xp.ragged_to_frame(rollout.token_logprobs, mask.shape[1])
-        mismatch = (exp["old_logprobs"] - sampled).abs()[mask]
-        is_weights, is_stats = importance_weights(exp["old_logprobs"], sampled, mask, cfg.off_policy)
-        staleness = [self.version - v for v in rollout.version]
+    def _pages(self, pending: _Inflight) -> RolloutBatch:
+        """The pages of ``pending``, once every worker's are in; a lost worker's are asked for again.
 
-        page, items, valid = scored.as_tensors(torch.float64)
-        group_ids = torch.as_tensor(rollout.request_index)
-        page_n, items_n = self._normalize(page, items, valid, group_ids)
-        item_frame = torch.zeros(mask.shape, dtype=torch.float64)
-        item_frame[:, : items_n.shape[1]] = items_n
-        kl = estimate_kl(exp["old_logprobs"].double(), exp["ref_logprobs"].double(), mask, cfg.kl.estimator)
-        kl_penalty = -self.kl.value * kl if cfg.kl.mode == "reward" else torch.zeros_like(kl)
-        inputs = AdvantageInputs(page_rewards=page_n, item_rewards=item_frame, mask=mask,
-                                 w_page=rewards_cfg.w_page, w_item=rewards_cfg.w_item, group_ids=group_ids,
-                                 kl_penalty=kl_penalty,
-                                 values=exp["values"].double() if "values" in exp else None)
-        advantages, returns = self.algorithm.estimator(inputs, baseline=self.baseline, **advantage_options(cfg))
-        batch.update(old_logprobs=exp["old_logprobs"], ref_logprobs=exp["ref_logprobs"],
-                     advantages=advantages.float(), is_weights=is_weights.float())
-        if self.algorithm.needs_critic:
-            batch.update(values=exp["values"], returns=returns.float())
+        A rollout worker that dies (SIGKILL, OOM) is restarted by Ray
+        (``rl.rollout.max_restarts``); the new process holds the initial
+        weights, so it is sent the current version before it gets its
+        requests again, with the same seed (:meth:`_ask_rollouts`). On-policy
+        that regenerates the lost pages exactly; with overlap the redone pages
+        come from the current weights (staleness 0), which their version
+        records. Every page is generated once in the batch, whatever was lost.
+        """
+        if pending.batch is not None:
+            return pending.batch
+        batches = self._answers("generate", pending.refs, pending.args, pending.step, f"rl step {pending.step}")
+        pending.batch = RolloutBatch.concat(batches, pending.offsets)
+        return pending.batch
 
-        slot = mask.clone()
-        slot[torch.arange(mask.shape[0]), batch["response_len"] - 1] = False  # item tokens only
-        tokens = mask.sum().clamp(min=1)
-        per_page_kl = (kl * mask).sum(1)
-        metrics = {
-            "reward_page": float(page.mean()), "reward_item": float(items.mean()),
-            "reward_page_normalized": float(page_n.mean()), "reward_item_normalized": float(items_n.mean()),
-            "reward_total": float(rewards_cfg.w_page * page.mean() + rewards_cfg.w_item * items.sum(1).mean()),
-            "kl": float((kl * mask).sum() / tokens), "kl_per_page": float(per_page_kl.mean()),
-            "entropy_rollout": float((exp["entropy"] * mask).sum() / tokens),
-            "advantage_mean": float(advantages[mask].mean()), "advantage_std": float(advantages[mask].std()),
-            "advantage_slot0_mean": float(advantages[:, 0].mean()),
-            "logprob_mismatch_max": float(mismatch.max()), "logprob_mismatch_mean": float(mismatch.mean()),
-            "valid_rate": float(valid.double().mean()), "pages": float(len(rollout)),
-            "staleness_max": float(max(staleness)), "staleness_mean": float(np.mean(staleness)),
-            **is_stats,
-        }
-        for k in range(items.shape[1]):
-            metrics[f"reward_item_slot{k}"] = float(items[:, k].mean())
-        return batch, metrics
+    def _answers(self, method: str, refs: Sequence[Any], args: Sequence[Any], step: int, where: str) -> List[Any]:
+        """Each rollout worker's answer to ``method``, started as ``refs[w]`` with ``(*args[w], self.version)``;
+        a worker lost is replaced and asked again with the same arguments (so the same seed)."""
+        return [self._ask_rollouts(lambda: self.rollouts.wait([ref])[0],
+                                   lambda: self.rollouts.call_one(w, method, *args[w], self.version),
+                                   step=step, where=where, what=f"rollout worker {w} was lost", worker=w)
+                for w, ref in enumerate(refs)]
 
+    def _ask_rollouts(self, ask: Callable[[], Any], again: Optional[Callable[[], Any]] = None, *, step: int,
+                      where: str, what: str, worker: Optional[int] = None) -> Any:
+        """``ask()``'s answer; if a rollout worker's process was lost or replaced, wait for Ray's restart,
+        resync every worker to ``self.version`` and answer ``again()`` instead (without ``again``: the
+        resync's own figures, for when ``ask`` is the weight sync), up to ``rl.rollout.max_restarts`` times.
+
+        The worker replaced is the one a :class:`RoleDiedError` names, or ``worker`` (the one asked) for a
+        :class:`RolloutVersionError`: a call Ray delivered to the restarted process before its resync. A
+        loss during the replacement itself counts as one more. Out of restarts: :class:`RLError`
+        ``"<where>: <what> <n> times (rl.rollout.max_restarts=<limit>): <last error>"``.
+        """
+        limit = int(self.cfg.rollout.max_restarts)
+        lost: Optional[int] = None
+        error: Optional[BaseException] = None
+        for attempt in range(limit + 1):
+            try:
+                if attempt == 0:
+                    return ask()
+                synced = self._replace_rollout(lost, step)
+                return synced if again is None else again()
+            except (RoleDiedError, RolloutVersionError) as exc:
+                lost = _lost_rollout(exc, worker)
+                if lost is None:  # another role died, or the whole group is gone: not ours to replace
+                    raise
+                error = exc
+        raise RLError(f"{where}: {what} {limit + 1} times (rl.rollout.max_restarts={limit}): {error}") from error
+
+    def _replace_rollout(self, worker: int, step: int):
+        """Wait for Ray's restart of a lost rollout worker and bring every worker to the current weights."""
+        print(f"[rl] step {step}: rollout worker {worker} died; waiting for its restart and resyncing "
+              f"version {self.version}", flush=True)
+        self.faults["rollout_workers_replaced"] += 1
+        self.rollouts.await_restart(worker)
+        # A fresh transport: a collective one must re-form its group with the new process.
+        self.sync.close()
+        self.sync = WeightSync(self.trainers, self.rollouts, self.cfg.sync, float(self.cfg.timeout_s))
+        return self.sync.sync(self.version)
+
+    # -- shards, learning rate, padding -----------------------------------------------------
     def split(self, batch: xp.Batch) -> List[xp.Batch]:
         """One equal shard of ``batch`` per trainer rank."""
         return xp.split(batch, len(self.trainers))
-
-    def _normalize(self, page: torch.Tensor, items: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor):
-        """``rewards.normalize``, ``rewards.clip`` and ``rewards.page_reward`` (pagerl.rewards.token_rewards)."""
-        return shaped_rewards(page, items, valid, self.recipe.rewards, self.normalizer, group_ids)
 
     def _lr(self, step: int) -> float:
         return lr_at(step, base_lr=self.cfg.lr, warmup_steps=self.cfg.warmup_steps, total_steps=self.cfg.steps,
@@ -449,45 +455,20 @@ class RLController:
     def _evaluate(self) -> Dict[str, float]:
         """The held-out figures of the policy the rollout workers hold (version ``self.version``).
 
-        The pages are decoded as the eval stage decodes a saved policy (``eval.decoding``,
-        ``eval.constrained``, the same chunks and seeds: :func:`pagerl.eval.pages.decoding_chunks`),
-        the chunks spread over the rollout workers, and scored by the eval stage's own
-        :func:`~pagerl.eval.scoring.score_method` and :func:`~pagerl.eval.scoring.aggregate`; so
-        after the last step they are the eval stage's figures for the saved RL policy (greedy).
-        Logged as ``eval/<metric>`` (the eval stage's names) and ``eval/<metric>_se``.
+        :class:`pagerl.eval.pages.HeldoutEval` gives the eval stage's decoding (``eval.decoding``,
+        ``eval.constrained``, the same chunks and seeds), whose chunks are spread over the rollout
+        workers, and scores their pages as the eval stage scores a saved policy's; so after the last
+        step they are the eval stage's figures for the saved RL policy (greedy). Logged as
+        ``eval/<metric>`` (the eval stage's names) and ``eval/<metric>_se``.
         """
-
-        if not self.heldout:
+        if self.heldout is None:
             raise RLError("rl.eval_every is on but the controller was given no held-out requests")
-        if not hasattr(self, "_sim"):
-            self._sim = eval_simulator(self.recipe)
-        chunks = decoding_chunks(self.recipe, self.heldout)
-        workers = len(self.rollouts)
-        options = decoding_options(self.recipe)
-        args = [(chunks[w::workers], options) for w in range(workers)]
+        chunks, workers = self.heldout.chunks, len(self.rollouts)
+        args = [(chunks[w::workers], self.heldout.options) for w in range(workers)]
         refs = self.rollouts.async_call_each("heldout_pages", [(*a, self.version) for a in args])
-        answers = [self._heldout_answer(w, ref, args[w]) for w, ref in enumerate(refs)]
-        generated = [page for i in range(len(chunks)) for page in answers[i % workers][i // workers]]
-        pages = learned_pages(generated).pages
-        row = aggregate(score_method(pages, self.heldout, self._sim, k=eval_k(self.recipe)))
-        out = {f"eval/{m}": float(row[m]) for m in METRICS if row[m] is not None}
-        out.update({f"eval/{m}_se": float(row[f"{m}_se"]) for m in PAIRED_METRICS if row[f"{m}_se"] is not None})
-        out["eval/requests"] = float(row["count"])
-        return out
-
-    def _heldout_answer(self, worker: int, ref: Any, args: Any) -> List[Any]:
-        """Worker ``worker``'s held-out pages; a lost worker is replaced and asked again, as in :meth:`_pages`."""
-        limit = int(self.cfg.rollout.max_restarts)
-        for attempt in range(limit + 1):
-            try:
-                return self.rollouts.wait([ref])[0]
-            except (RoleDiedError, RolloutVersionError) as exc:
-                if attempt == limit:
-                    raise RLError(f"rl held-out evaluation of policy version {self.version}: rollout worker {worker} "
-                                  f"was lost {attempt + 1} times (rl.rollout.max_restarts={limit}): {exc}") from exc
-                self._replace_rollout(worker, self.next_step)
-                ref = self.rollouts.async_call_one(worker, "heldout_pages", *args, self.version)
-        raise AssertionError("unreachable")
+        answers = self._answers("heldout_pages", refs, args, self.next_step,
+                                f"rl held-out evaluation of policy version {self.version}")
+        return self.heldout.figures([page for i in range(len(chunks)) for page in answers[i % workers][i // workers]])
 
     # -- verification -----------------------------------------------------------------------
     def _probe_batch(self) -> RolloutBatch:
@@ -518,45 +499,3 @@ class RLController:
         self.roles.shutdown()
         if hasattr(self, "sync"):
             self.sync.close()
-
-
-@dataclass
-class Roles:
-    """The role groups a controller drives, and what to release when it is done."""
-
-    trainers: Any
-    rollouts: Any
-    rewards: Any
-    placement: Any = None
-
-    def shutdown(self) -> None:
-        for group in (self.rollouts, self.trainers):
-            try:
-                group.kill()
-            except Exception:  # already gone
-                pass
-        self.rewards.shutdown()
-        if self.placement is not None:
-            self.placement.remove()
-
-
-def ray_roles(recipe: Any, run_dir: Path, policy_dir: str, needs_critic: bool, resume_dir: Optional[Path]) -> Roles:
-    """Every role as Ray actors, reserved together in one placement group (``rl.*``, ``rewards.*``)."""
-    cfg = recipe.rl
-    timeout, ranks = float(cfg.timeout_s), int(cfg.trainer.num_ranks)
-    placement = plan_placement({
-        "trainer": (ranks, cfg.trainer.cpus_per_rank, cfg.trainer.gpus_per_rank),
-        "rollout": (cfg.rollout.num_workers, cfg.rollout.cpus_per_worker, cfg.rollout.gpus_per_worker),
-        "reward": (recipe.rewards.num_workers, recipe.rewards.cpus_per_worker, 0.0),
-    }, timeout, name="")
-    trainers = ActorGroup("trainer", PolicyTrainerRank, ranks, num_cpus=cfg.trainer.cpus_per_rank,
-                          num_gpus=cfg.trainer.gpus_per_rank, placement=placement.of("trainer"),
-                          init_args=(recipe, policy_dir, ranks, needs_critic,
-                                     None if resume_dir is None else str(resume_dir)),
-                          timeout_s=timeout)
-    rollouts = ActorGroup("rollout", RolloutWorker, cfg.rollout.num_workers,
-                          num_cpus=cfg.rollout.cpus_per_worker, num_gpus=cfg.rollout.gpus_per_worker,
-                          max_restarts=int(cfg.rollout.max_restarts), placement=placement.of("rollout"),
-                          init_args=(recipe, policy_dir), timeout_s=timeout)
-    rewards = RewardWorkerGroup(recipe, run_dir, placement=placement.of("reward"))
-    return Roles(trainers, rollouts, rewards, placement)

@@ -21,7 +21,7 @@ from pagerl.data.io import read_impressions
 from pagerl.envs.synth import synthesize
 from pagerl.eval.baseline_policies import BASELINES, baseline_rng
 from pagerl.eval.pages import baseline_pages
-from pagerl.eval.scoring import EvalError, aggregate, evaluate, paired_differences, score_method
+from pagerl.eval.scoring import METRICS, EvalError, aggregate, evaluate, paired_differences, score_method
 from pagerl.models.build import build_policy
 from pagerl.sim import Simulator, World
 from pagerl.stages.eval import run_eval_stage
@@ -239,6 +239,36 @@ def test_unconstrained_sampling_reports_invalid_pages_with_reasons(tmp_path, dat
     pages = [json.loads(line)["pages"]["sft_free"] for line in (run / "eval" / "pages.jsonl").open()]
     invalid = [p for p in pages if not p["valid"]]
     assert invalid and all(p["generation_reason"] == p["reason"] and p["generation_detail"] for p in invalid)
+
+
+def test_held_out_figures_decoded_elsewhere_are_the_eval_stages(tmp_path, data_dir, checkpoint):
+    """HeldoutEval is the one entry point the eval stage and the RL stage's held-out curve share:
+    its chunks decoded out of order over two "workers" (as the controller spreads them over its
+    rollout workers), put back in request order and scored by figures(), give the eval stage's
+    own row for the same policy, sampled decoding included (so every chunk's seed is the same)."""
+    from pagerl.eval.pages import HeldoutEval, heldout_requests
+    from pagerl.models.build import load_policy
+    from pagerl.models.generate import generate_pages
+    from pagerl.tokenization.tokenizer import load_policy_tokenizer
+
+    run = _run_dir(tmp_path, data_dir)
+    recipe = make_recipe(decoding="sample", batch_size=4, baselines=["random"])
+    table = run_eval_stage(recipe, run, policies={"sft": checkpoint})["methods"]["sft"]
+
+    heldout = HeldoutEval(recipe, heldout_requests(recipe, run))
+    assert len(heldout.chunks) == 4 and heldout.options["greedy"] is False
+    model, tokenizer = load_policy(checkpoint, recipe.model), load_policy_tokenizer(checkpoint)
+    workers = 2
+    answers = {}
+    for w in reversed(range(workers)):  # worker 1 first: a chunk's pages must not depend on what ran before
+        answers[w] = [generate_pages(model, tokenizer, chunk, seed=seed, **heldout.options)
+                      for chunk, seed in heldout.chunks[w::workers]]
+    generated = [page for i in range(len(heldout.chunks)) for page in answers[i % workers][i // workers]]
+    figures = heldout.figures(generated)
+    assert figures["eval/requests"] == table["count"] == SIM.num_eval_requests
+    assert {f"eval/{m}": figures[f"eval/{m}"] for m in METRICS} == {f"eval/{m}": table[m] for m in METRICS}
+    for m in ("expected_clicks", "ndcg", "expected_gmv"):
+        assert figures[f"eval/{m}_se"] == table[f"{m}_se"]
 
 
 def test_stage_without_a_policy_and_with_a_request_limit(tmp_path, data_dir):

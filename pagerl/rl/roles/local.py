@@ -3,7 +3,8 @@
 :func:`local_roles` builds the same role classes the Ray stage runs
 (:class:`~pagerl.rl.roles.trainer.PolicyTrainerRank` as one rank,
 :class:`~pagerl.rl.roles.rollout.RolloutWorker`, :class:`~pagerl.rl.roles.reward_workers.RewardWorker`)
-as plain objects, behind :class:`LocalGroup`, which speaks the vocabulary of
+as plain objects, given the same sections of the recipe (:func:`~pagerl.rl.roles.layout.rollout_args`,
+:func:`~pagerl.rl.roles.layout.trainer_args`), behind :class:`LocalGroup`, which speaks the vocabulary of
 :class:`~pagerl.rl.roles.groups.ActorGroup` (``call``, ``call_each``, ``call_one``,
 ``async_*`` and ``wait``) by calling the methods directly. An
 :class:`~pagerl.rl.controller.RLController` given ``build_roles=local_roles``
@@ -24,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from pagerl.rl.controller import Roles
 from pagerl.rl.roles.groups import CallVocabulary, RoleDiedError
+from pagerl.rl.roles.layout import Roles, rollout_args, trainer_args
 from pagerl.rl.roles.reward_workers import RewardWorker
 from pagerl.rl.roles.rollout import RolloutWorker
 from pagerl.rl.roles.trainer import PolicyTrainerRank
@@ -89,7 +90,9 @@ class LocalGroup(CallVocabulary):
 
 
 class LocalRewards:
-    """One :class:`~pagerl.rl.roles.reward_workers.RewardWorker` in this process, with the group's interface."""
+    """One :class:`~pagerl.rl.roles.reward_workers.RewardWorker` in this process, with the group's interface
+    (given the whole recipe, as the worker is: its reward source is built from it)."""
+
     def __init__(self, recipe: Any, run_dir: Path) -> None:
         self.worker = RewardWorker(recipe, str(run_dir))
         self.stats: Dict[str, float] = {"pages": 0, "chunks": 0, "retries": 0, "workers_lost": 0, "seconds": 0.0}
@@ -128,6 +131,6 @@ def local_roles(recipe: Any, run_dir: Path, policy_dir: str, needs_critic: bool,
         raise ValueError("local_roles runs one trainer rank, one rollout worker and one reward worker with the "
                          "in_process weight sync; the recipe has rl.trainer.num_ranks, rl.rollout.num_workers, "
                          f"rewards.num_workers, rl.sync.transport = {asked}")
-    trainer = PolicyTrainerRank(recipe, policy_dir, 1, needs_critic, None if resume_dir is None else str(resume_dir))
-    return Roles(LocalGroup("trainer", [trainer]), LocalGroup("rollout", [RolloutWorker(recipe, policy_dir)]),
-                 LocalRewards(recipe, run_dir))
+    trainer = PolicyTrainerRank(*trainer_args(recipe, policy_dir, 1, needs_critic, resume_dir))
+    rollout = RolloutWorker(*rollout_args(recipe, policy_dir))
+    return Roles(LocalGroup("trainer", [trainer]), LocalGroup("rollout", [rollout]), LocalRewards(recipe, run_dir))

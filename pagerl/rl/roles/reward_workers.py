@@ -60,7 +60,13 @@ class RewardWorkerError(PageRLError):
 
 
 class RewardWorker:
-    """One reward actor's body (also usable in-process, e.g. in a debugger)."""
+    """One reward actor's body (also usable in-process, e.g. in a debugger).
+
+    It takes the whole recipe, unlike the other roles, because that is what its reward source is
+    built from (:func:`pagerl.rewards.reward_sources.build_reward_source`): ``simulator`` rebuilds
+    the environment from ``env.*``, ``sim.*`` and ``run.seed`` (:func:`pagerl.envs.env_from_recipe`),
+    and a registered source may read any section. Of its own it reads only ``rewards.cpus_per_worker``.
+    """
 
     def __init__(self, recipe: RecipeConfig, run_dir: str) -> None:
         # One torch thread per reserved CPU: several workers on one machine
@@ -104,7 +110,11 @@ def _chunks(n: int, size: int) -> List[Tuple[int, int]]:
 
 
 class RewardWorkerGroup:
-    """``rewards.num_workers`` reward actors and the batching and retries around them."""
+    """``rewards.num_workers`` reward actors and the batching and retries around them.
+
+    Given the whole recipe because its workers are (:class:`RewardWorker`), and because it checks the
+    reward source in the driver first, from the same recipe.
+    """
 
     def __init__(self, recipe: RecipeConfig, run_dir: Path | str, placement: Optional[Tuple[Any, int]] = None) -> None:
         """``placement``: ``(placement_group, first_bundle_index)`` to run worker i in bundle first + i

@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from pagerl.config.schema import ModelConfig, RolloutConfig
 from pagerl.data.types import Request
 from pagerl.distributed.compute_log import ComputeLog, Span
 from pagerl.distributed.device import peak_memory_mb, worker_device
@@ -73,7 +74,8 @@ ROLLOUT_BACKENDS = Registry("rl.rollout.backend")
 def register_rollout_backend(name: str) -> Callable[[type], type]:
     """Add a backend class under ``name`` (a value of ``rl.rollout.backend``); names are unique.
 
-    A backend is built as ``cls(recipe, policy_dir, device)`` and has
+    A backend is built as ``cls(cfg, model, policy_dir, device)`` (``cfg``: the recipe's
+    ``rl.rollout``, ``model``: its ``model`` section) and has
     ``encode_prompt(request)``, ``generate(requests, seed)`` (one
     :class:`~pagerl.models.generate.GeneratedPage` per request),
     ``decode(requests, seed, options)`` (the same, decoded with the given
@@ -88,9 +90,9 @@ def register_rollout_backend(name: str) -> Callable[[type], type]:
 class HFRolloutBackend:
     """The policy as a Hugging Face model, decoded by :mod:`pagerl.models.generate`."""
 
-    def __init__(self, recipe: Any, policy_dir: str, device: torch.device) -> None:
-        self.cfg = recipe.rl.rollout
-        self.model = load_policy(policy_dir, recipe.model).to(device).eval()
+    def __init__(self, cfg: RolloutConfig, model: ModelConfig, policy_dir: str, device: torch.device) -> None:
+        self.cfg = cfg
+        self.model = load_policy(policy_dir, model).to(device).eval()
         self.tokenizer = load_policy_tokenizer(policy_dir)
         self._sampling = dict(temperature=float(self.cfg.temperature), top_p=float(self.cfg.top_p),
                               constrained=bool(self.cfg.constrained), batch_size=int(self.cfg.batch_size))
@@ -164,12 +166,17 @@ class RolloutBatch:
 
 
 class RolloutWorker:
-    """One rollout actor's body (see the module docstring): ``rl.rollout.*`` of ``recipe``."""
+    """One rollout actor's body (see the module docstring).
 
-    def __init__(self, recipe: Any, policy_dir: str, worker_index: int = 0) -> None:
+    It reads the recipe's ``rl.rollout`` (``cfg``), its ``model`` section (how to load the policy in
+    ``policy_dir``) and ``rl.timeout_s`` (the deadline of a collective weight sync), and is given
+    those alone (:func:`pagerl.rl.roles.layout.rollout_args` picks them from a recipe).
+    """
+
+    def __init__(self, cfg: RolloutConfig, model: ModelConfig, policy_dir: str, timeout_s: float,
+                 worker_index: int = 0) -> None:
         import transformers
 
-        cfg = recipe.rl.rollout
         # One torch thread per reserved CPU unless rl.rollout.torch_threads says otherwise: workers
         # sharing a machine must not each take every core.
         torch.set_num_threads(int(cfg.torch_threads) or max(1, int(cfg.cpus_per_worker)))
@@ -182,8 +189,8 @@ class RolloutWorker:
         self.cfg = cfg
         self.worker_index = int(worker_index)
         self.device = worker_device(float(cfg.gpus_per_worker) > 0)
-        self.backend = ROLLOUT_BACKENDS[cfg.backend](recipe, str(policy_dir), self.device)
-        self.timeout_s = float(recipe.rl.timeout_s)
+        self.backend = ROLLOUT_BACKENDS[cfg.backend](cfg, model, str(policy_dir), self.device)
+        self.timeout_s = float(timeout_s)
         self._version: Optional[int] = 0  # the weights of policy_dir; None while a sync is incomplete
         self._transports: Dict[str, ws.Transport] = {}
         self.load_calls = 0

@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from pagerl.config.schema import DistributedConfig, ModelConfig, RLConfig
 from pagerl.distributed.compute_log import ComputeLog, Span
 from pagerl.distributed.deepspeed_config import initialize as initialize_deepspeed
 from pagerl.distributed.device import peak_memory_mb, to_device, worker_device
@@ -47,7 +48,6 @@ from pagerl.errors import PageRLError
 from pagerl.models.build import load_policy
 from pagerl.models.constrained_logprobs import PageTokens, ResponseConstraint
 from pagerl.models.logprobs import CausalLMLogprobs
-from pagerl.rl import rl_seed
 from pagerl.rl.algorithms import clipped_policy_loss, clipped_value_loss, entropy_bonus, kl_loss
 from pagerl.rl.frames import Batch, frame_to_rows, pack, to_response_frame, trim
 from pagerl.rl.roles.critic import ValueModel
@@ -67,21 +67,27 @@ def _free_port(host: str) -> int:
 
 
 class PolicyTrainerRank:
-    """One rank of the policy trainer group (module docstring)."""
+    """One rank of the policy trainer group (module docstring).
 
-    def __init__(self, recipe: Any, policy_dir: str, world_size: int, needs_critic: bool,
-                 resume_dir: Optional[str] = None) -> None:
+    It reads the recipe's ``rl`` section (``cfg``), ``model`` (loading the policy, its dtype),
+    ``distributed`` (the process group's backend, the ZeRO engine's settings) and the RL seed
+    (:func:`pagerl.rl.rl_seed`), and is given those alone (:func:`pagerl.rl.roles.layout.trainer_args`
+    picks them from a recipe).
+    """
+
+    def __init__(self, cfg: RLConfig, model: ModelConfig, distributed: DistributedConfig, seed: int,
+                 policy_dir: str, world_size: int, needs_critic: bool, resume_dir: Optional[str] = None) -> None:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
         transformers.utils.logging.set_verbosity_error()
-        self.recipe, self.cfg = recipe, recipe.rl
+        self.cfg, self.model_cfg, self.distributed, self.seed = cfg, model, distributed, int(seed)
         self.policy_dir = str(policy_dir)
         self.rank, self.world_size = -1, int(world_size)  # the rank is given by connect()
         self.needs_critic = bool(needs_critic)
         # An RL checkpoint (pagerl.rl.rl_checkpoint) to restore the policy, critic and RNG from.
         self.resume_dir = None if resume_dir is None else Path(resume_dir)
-        torch.manual_seed(rl_seed(recipe))
+        torch.manual_seed(self.seed)
         torch.set_num_threads(max(1, int(math.ceil(self.cfg.trainer.cpus_per_rank))))
         self.use_gpu = float(self.cfg.trainer.gpus_per_rank) > 0
         self.temperature = float(self.cfg.rollout.temperature)
@@ -108,7 +114,7 @@ class PolicyTrainerRank:
             torch.cuda.set_device(self.device)
         os.environ.update({"RANK": str(self.rank), "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": "0",
                            "MASTER_ADDR": host, "MASTER_PORT": str(port)})
-        backend = backend_for(self.recipe.distributed.backend, self.use_gpu)
+        backend = backend_for(self.distributed.backend, self.use_gpu)
         # Twice rl.timeout_s: a collective that hangs (a rank stopped or lost) is then reported by the
         # controller's deadline, which names the role and the call, before gloo/NCCL's own error.
         dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world_size,
@@ -117,10 +123,10 @@ class PolicyTrainerRank:
         return {"rank": self.rank, "pid": os.getpid(), "device": str(self.device)}
 
     def _build(self) -> None:
-        cfg, recipe = self.cfg, self.recipe
+        cfg, model_cfg = self.cfg, self.model_cfg
         self.tokenizer = load_policy_tokenizer(self.policy_dir)
         self.page_tokens = PageTokens.from_tokenizer(self.tokenizer)
-        dist_cfg = dataclasses.replace(recipe.distributed, num_workers=self.world_size,
+        dist_cfg = dataclasses.replace(self.distributed, num_workers=self.world_size,
                                        zero_stage=int(cfg.trainer.zero_stage), use_gpu=self.use_gpu)
         self.dist_cfg = dist_cfg
         micro = int(cfg.trainer.micro_batch_size)
@@ -128,18 +134,18 @@ class PolicyTrainerRank:
 
         def engine(module: torch.nn.Module, hf_model: Any, lr: float, part: str) -> ZeroPolicy:
             resume = None if self.resume_dir is None else self.resume_dir / part
-            return ZeroPolicy(module.to(self.device), hf_model, dist_cfg, dtype=recipe.model.dtype, lr=lr,
+            return ZeroPolicy(module.to(self.device), hf_model, dist_cfg, dtype=model_cfg.dtype, lr=lr,
                               weight_decay=cfg.weight_decay, micro_batch_size=micro,
                               grad_accum_steps=self.grad_accum, grad_clip=cfg.grad_clip, resume_dir=resume)
 
-        policy = load_policy(self.policy_dir, recipe.model)
+        policy = load_policy(self.policy_dir, model_cfg)
         policy.train()
         self.policy = engine(CausalLMLogprobs(policy, page_tokens=self.page_tokens), policy, cfg.lr, POLICY_PART)
         self.hf_policy = policy
-        self.reference = self._reference(load_policy(self.policy_dir, recipe.model), dist_cfg)
+        self.reference = self._reference(load_policy(self.policy_dir, model_cfg), dist_cfg)
         self.critic = None
         if self.needs_critic:
-            value = ValueModel(load_policy(self.policy_dir, recipe.model))
+            value = ValueModel(load_policy(self.policy_dir, model_cfg))
             self.critic = engine(value, value, cfg.critic_lr, CRITIC_PART)
         if self.resume_dir is not None:
             from safetensors.torch import load_file
@@ -165,7 +171,7 @@ class PolicyTrainerRank:
 
         config = {"train_micro_batch_size_per_gpu": int(self.cfg.trainer.micro_batch_size),
                   "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-                  "bf16": {"enabled": self.recipe.model.dtype == "bfloat16"}, "steps_per_print": 1 << 30}
+                  "bf16": {"enabled": self.model_cfg.dtype == "bfloat16"}, "steps_per_print": 1 << 30}
         engine, *_ = initialize_deepspeed(model=wrapper, config=config)
         return engine
 
@@ -247,7 +253,7 @@ class PolicyTrainerRank:
             self.critic.set_lr(cfg.critic_lr * lr / cfg.lr)
         size = next(iter(shard.values())).shape[0]
         per_minibatch = size // int(cfg.minibatches_per_epoch)
-        generator = torch.Generator().manual_seed(rl_seed(self.recipe) * 1_000_003 + int(step))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(step))
         sums: Dict[str, float] = {}
         count = 0
         for _ in range(int(cfg.epochs_per_step)):
@@ -310,7 +316,7 @@ class PolicyTrainerRank:
     # -- weight sync and the probe ------------------------------------------------------------
     def setup_weight_sync(self, spec: Dict[str, Any]) -> Dict[str, Any]:
         if self.sender is None:
-            self.sender = WeightSender(self.cfg.sync, rank=self.rank, dtype=self.recipe.model.dtype,
+            self.sender = WeightSender(self.cfg.sync, rank=self.rank, dtype=self.model_cfg.dtype,
                                        timeout_s=self.cfg.timeout_s)
         return self.sender.setup(spec)
 
@@ -348,7 +354,7 @@ class PolicyTrainerRank:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-            export = {k: v.to(getattr(torch, self.recipe.model.dtype)) for k, v in weights.items()}
+            export = {k: v.to(getattr(torch, self.model_cfg.dtype)) for k, v in weights.items()}
             self.hf_policy.save_pretrained(tmp, state_dict=export, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             shutil.rmtree(target, ignore_errors=True)

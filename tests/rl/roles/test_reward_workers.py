@@ -23,7 +23,8 @@ from pagerl.rl.roles.reward_workers import RewardWorkerError, RewardWorkerGroup
 from pagerl.sim import Simulator, World
 
 REPO = Path(__file__).resolve().parents[3]
-HERE = REPO / "tests" / "rewards"  # user_reward_example.py, the user module of a python reward source
+# The directory of the user reward module (rewards.python_path), beside the reward-source tests.
+USER_DIR = REPO / "tests" / "rewards"
 USER_MODULE = "user_reward_example"
 
 
@@ -36,7 +37,7 @@ def local_ray():
 
 def recipe(*overrides: str):
     r, _ = load_recipe(REPO / "recipes/ci_small.yaml", [
-        "run.name=rewards", "rewards.cpus_per_worker=0.5", f"rewards.python_path=[{HERE}]", *overrides,
+        "run.name=rewards", "rewards.cpus_per_worker=0.5", f"rewards.python_path=[{USER_DIR}]", *overrides,
     ])
     return r
 

@@ -12,6 +12,7 @@ import torch
 from pagerl.models.constrained import constrain_response_logits
 from pagerl.models.logprobs import policy_logits
 from pagerl.rl.roles.groups import ActorGroup
+from pagerl.rl.roles.layout import rollout_args
 from pagerl.rl.roles.rollout import ROLLOUT_BACKENDS, RolloutError, RolloutWorker, register_rollout_backend
 from pagerl.tokenization import candidate_token_ids
 
@@ -19,7 +20,7 @@ from pagerl.tokenization import candidate_token_ids
 @pytest.fixture
 def worker(tiny_policy, make_recipe):
     """``worker(*overrides)``: an in-process rollout worker of the tiny policy."""
-    return lambda *overrides: RolloutWorker(make_recipe(*overrides), str(tiny_policy.directory))
+    return lambda *overrides: RolloutWorker(*rollout_args(make_recipe(*overrides), tiny_policy.directory))
 
 
 def test_n_valid_pages_per_request_with_positions_and_version(tiny_policy, worker):
@@ -140,8 +141,8 @@ def test_generate_refuses_an_unexpected_version(tiny_policy, worker):
 def test_a_rollout_actor_generates_what_the_in_process_worker_does(tiny_policy, make_recipe, local_ray):
     recipe = make_recipe()
     requests = tiny_policy.requests[:5]
-    here = RolloutWorker(recipe, str(tiny_policy.directory)).generate(requests, seed=8, version=0)
-    with ActorGroup("rollout", RolloutWorker, 1, num_cpus=0.5, init_args=(recipe, str(tiny_policy.directory)),
+    here = RolloutWorker(*rollout_args(recipe, tiny_policy.directory)).generate(requests, seed=8, version=0)
+    with ActorGroup("rollout", RolloutWorker, 1, num_cpus=0.5, init_args=rollout_args(recipe, tiny_policy.directory),
                     timeout_s=60) as group:
         [ready] = group.call("ready")
         assert ready["device"] == "cpu" and ready["version"] == 0

@@ -20,6 +20,7 @@ from pagerl.models.build import load_policy
 from pagerl.models.constrained import constrain_response_logits
 from pagerl.models.logprobs import policy_logits
 from pagerl.rl.roles.groups import ActorGroup
+from pagerl.rl.roles.layout import rollout_args
 from pagerl.rl.roles.rollout import RolloutWorker
 from pagerl.rl.weight_sync import (
     BucketSpec,
@@ -176,7 +177,8 @@ def zero3(tiny_policy, make_recipe, local_ray):
     store, port = host_store("127.0.0.1", TIMEOUT_S)  # the trainers' own default group
     trainers = ActorGroup("trainer", ZeroTrainer, 2, num_cpus=0.5, init_args=(recipe, str(tiny_policy.directory)),
                           env={"GLOO_SOCKET_IFNAME": "lo"}, timeout_s=TIMEOUT_S)
-    rollouts = ActorGroup("rollout", RolloutWorker, 1, num_cpus=0.5, init_args=(recipe, str(tiny_policy.directory)),
+    rollouts = ActorGroup("rollout", RolloutWorker, 1, num_cpus=0.5,
+                          init_args=rollout_args(recipe, tiny_policy.directory),
                           env={"GLOO_SOCKET_IFNAME": "lo"}, timeout_s=TIMEOUT_S)
     try:
         started = trainers.call_each("start", [(r, 2, "127.0.0.1", port) for r in range(2)])
