@@ -1,4 +1,4 @@
-"""The ``pagerl`` command line.
+"""The ``pagerl`` command line: argument parsing only (what each command does: :mod:`pagerl.app.commands`).
 
 Every command that takes a recipe takes overrides after it, as
 ``section.key=value`` (``pagerl run recipes/quickstart.yaml sft.lr=1e-3``).
@@ -9,24 +9,11 @@ where the problem is and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
-from pagerl.app import pipeline
-from pagerl.app.ablation import run_ablation, shared_stages
-from pagerl.app.ablation_table import ABLATION_DIR, TABLE_FILE
-from pagerl.app.recipes import load_recipe
-from pagerl.config.load import recipe_to_yaml
-from pagerl.data.io import validate_file
-from pagerl.envs.synth import synthesize_recipe
 from pagerl.errors import PageRLError
-from pagerl.eval.policy_kinds import MANIFEST, is_saved_policy
-from pagerl.stages.eval import run_eval_stage
-from pagerl.tracking import console
 from pagerl.tracking.console import CONSOLE
-from pagerl.tracking.records import jsonable
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -75,84 +62,25 @@ _STAGE_COMMANDS = {
 }
 
 
-def _load(args: argparse.Namespace):
-    recipe, _ = load_recipe(args.recipe, args.overrides)
-    return recipe
-
-
-def _run_stages(args: argparse.Namespace, stages: Optional[List[str]]) -> int:
-    """Run stages with the person's lines on the terminal and everything else in the run's log."""
-    recipe = _load(args)
-    out = _in_session(pipeline.prepare_run_dir(recipe), lambda: pipeline.run(recipe, stages=stages))
-    return 3 if out.get("stopped") else 0
-
-
-def _in_session(run_dir: Path, work: Callable[[], Any]) -> Any:
-    """``work()`` with the person's lines on the terminal and everything else in ``run_dir``'s log,
-    which is named at the end either way."""
-    try:
-        with console.session(run_dir):
-            out = work()
-    except BaseException:
-        CONSOLE.error(f"(full log: {run_dir / console.LOG_FILE})")
-        raise
-    CONSOLE.line(f"log:           {run_dir / console.LOG_FILE}")
-    return out
-
-
 def _main(argv: Optional[List[str]]) -> int:
     args = _parser().parse_args(argv)
+    # Only now: the commands import torch, transformers and DeepSpeed (seconds), which --help and a
+    # mistyped argument never need.
+    from pagerl.app import commands
+
     if args.command == "config":
-        CONSOLE.line(recipe_to_yaml(_load(args)).rstrip("\n"))
-        return 0
+        return commands.config_show(args)
     if args.command == "run":
-        return _run_stages(args, None)
+        return commands.run_stages(args, None)
     if args.command in _STAGE_COMMANDS:
-        return _run_stages(args, [args.command])
+        return commands.run_stages(args, [args.command])
     if args.command == "ablate":
-        return _ablate(args)
+        return commands.ablate(args)
     if args.command == "eval-policy":
-        return _eval_policy(args)
+        return commands.eval_policy(args)
     if args.command == "data":
-        return _data(args)
+        return commands.data(args)
     return 2
-
-
-def _ablate(args: argparse.Namespace) -> int:
-    """Every part of the ablation in one console session: its lines here, the rest in the recipe's run log."""
-    recipe = _load(args)
-    shared_stages(recipe)  # a recipe that cannot be ablated is refused before its run directory is made
-    run_dir = pipeline.prepare_run_dir(recipe)
-    _in_session(run_dir, lambda: run_ablation(args.recipe, args.overrides))
-    CONSOLE.line(f"ablation:      {run_dir / ABLATION_DIR / TABLE_FILE}")
-    return 0
-
-
-def _eval_policy(args: argparse.Namespace) -> int:
-    recipe = _load(args)
-    model = Path(args.model).resolve()
-    if not is_saved_policy(model):
-        raise PageRLError(f"--model {args.model}: no saved policy there (expected a language model's directory "
-                          f"with config.json, or a policy with {MANIFEST} such as the rllib stage's)")
-    run_eval_stage(recipe, pipeline.prepare_run_dir(recipe), policies={"policy": str(model)})
-    return 0
-
-
-def _data(args: argparse.Namespace) -> int:
-    if args.data_command == "synth":
-        recipe = _load(args)
-        out = Path(args.out) if args.out else pipeline.run_dir_of(recipe) / "data"
-        stats = synthesize_recipe(recipe, out, fmt=args.format)
-        CONSOLE.line(json.dumps(jsonable(stats), indent=2))
-        return 0
-    bad = 0
-    for path in args.files:
-        result = validate_file(path)
-        for err in result.bad_rows:
-            CONSOLE.line(str(err))
-        CONSOLE.line(f"{path}: {result.summary}")
-        bad += len(result.bad_rows)
-    return 1 if bad else 0
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -18,7 +18,6 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.distributed as torch_dist
-from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
 from safetensors.torch import load_file, save_file
 
 from pagerl.config.schema import DistributedConfig
@@ -83,6 +82,8 @@ class ZeroPolicy:
         self.engine, _, _, _ = initialize_deepspeed(model=module, optimizer=optimizer, config=config)
         if resume_dir is not None and resume_state is not None:
             if dtype != "float32":
+                from deepspeed.utils import safe_set_full_fp32_param  # DeepSpeed probes the devices on import
+
                 master = load_file(str(resume_dir / ckpt.MASTER_WEIGHTS))
                 for name, p in self._named_params():
                     safe_set_full_fp32_param(p, master[name].to(torch.float32))
@@ -163,6 +164,8 @@ class ZeroPolicy:
 
     def full_fp32_weights(self) -> Dict[str, torch.Tensor]:
         """Gather the full fp32 master weights. Collective: every rank must call it."""
+        from deepspeed.utils import safe_get_full_fp32_param  # DeepSpeed probes the devices on import
+
         out: Dict[str, torch.Tensor] = {}
         for name, p in self._named_params():
             full = safe_get_full_fp32_param(p)

@@ -4,11 +4,13 @@ and probe logprobs (teacher-forced decoding) equal to the sampling logprobs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from pagerl.errors import RecipeError
 from pagerl.models.constrained import constrain_response_logits
 from pagerl.models.logprobs import policy_logits
 from pagerl.rl.roles.groups import ActorGroup
@@ -124,12 +126,19 @@ def test_probe_logprobs_equal_the_sampling_logprobs(tiny_policy, worker, top_p, 
     assert lps[1] == float("-inf")
 
 
-def test_registry_refuses_duplicates_and_unknown_names(tiny_policy, worker):
+def test_registry_refuses_duplicates_and_unknown_names(tiny_policy, make_recipe):
     assert "hf" in ROLLOUT_BACKENDS
     with pytest.raises(ValueError, match="'hf' is already registered"):
         register_rollout_backend("hf")(type("Other", (), {}))
+    # An unknown backend is refused when the recipe loads, naming the key and the registered names ...
+    with pytest.raises(RecipeError, match=r"override 'rl.rollout.backend=vllm': 'rl.rollout.backend': expected one of 'hf', got 'vllm'"):
+        make_recipe("rl.rollout.backend=vllm")
+    # ... and by the worker itself, for a section that did not come through the loader.
+    recipe = make_recipe()
+    rollout = dataclasses.replace(recipe.rl.rollout, backend="vllm")
+    recipe = dataclasses.replace(recipe, rl=dataclasses.replace(recipe.rl, rollout=rollout))
     with pytest.raises(RolloutError, match=r"rl.rollout.backend: expected one of hf, got 'vllm'"):
-        worker("rl.rollout.backend=vllm")
+        RolloutWorker(*rollout_args(recipe, tiny_policy.directory))
 
 
 def test_generate_refuses_an_unexpected_version(tiny_policy, worker):
